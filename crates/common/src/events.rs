@@ -1,0 +1,413 @@
+//! The event contract: the JSON messages flatpack writes to and reads from its topics.
+//!
+//! Every field the seed system writes keeps its name and JSON type, so the seed's Python
+//! consumers can read our topics and our consumers accept what the seed's producers wrote.
+//! Our own additions are optional on read and carry a `schema` version (absent, and so `0`,
+//! on messages written by the seed).
+//!
+//! The field types are domain types that validate while they deserialize ([`Id`], [`Email`],
+//! [`Money`]): a message or request that decodes is one the rest of the code can trust, and
+//! one that does not decode fails with an error naming the field and the problem.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+/// Version of the fields flatpack adds to the seed's messages.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Longest accepted string identifier, in characters.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Longest accepted e-mail address, in bytes (RFC 5321's path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+
+/// Largest accepted order total. Bounds what a single order can add to the totals.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+/// A user or order identifier exactly as the client sent it: a JSON integer or a string.
+///
+/// The seed passes ids through untouched, so both shapes occur on the topics; we keep the
+/// shape so that a reader sees what the client sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Id {
+    Int(i64),
+    Str(String),
+}
+
+impl Id {
+    /// Parses a string id: non-empty, at most [`MAX_ID_LEN`] characters, no control characters.
+    pub fn parse_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err("must not be empty".into());
+        }
+        if s.chars().count() > MAX_ID_LEN {
+            return Err(format!("must be at most {MAX_ID_LEN} characters"));
+        }
+        if s.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        Ok(Self::Str(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(n) => write!(f, "{n}"),
+            Self::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Serialize for Id {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Int(n) => serializer.serialize_i64(*n),
+            Self::Str(s) => serializer.serialize_str(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an integer")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                i64::try_from(v)
+                    .map(Id::Int)
+                    .map_err(|_| E::custom("integer is too large; send large ids as strings"))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                Err(E::invalid_type(de::Unexpected::Float(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Id::parse_str(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
+    }
+}
+
+/// A syntactically valid e-mail address (RFC 5322 addr-spec), at most [`MAX_EMAIL_LEN`] bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.len() > MAX_EMAIL_LEN {
+            return Err(format!("must be at most {MAX_EMAIL_LEN} bytes"));
+        }
+        // `email_address` accepts display-name forms ("Name <a@b>"); a bare address is wanted.
+        if s.contains(['<', '>', ' ']) || !email_address::EmailAddress::is_valid(s) {
+            return Err("is not a valid e-mail address".into());
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The address with the local part hidden, for logs: `j***@example.com`.
+    pub fn masked(&self) -> String {
+        match self.0.split_once('@') {
+            Some((local, domain)) => {
+                let first = local.chars().next().unwrap_or('*');
+                format!("{first}***@{domain}")
+            }
+            None => "***".into(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Email::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// An exact, non-negative amount of money with at most two decimal places.
+///
+/// Accepted from JSON as a number (`129.99`, as the seed's clients send it) or a decimal
+/// string (`"129.99"`, as the seed's `int(...)` also reads). Written as a JSON number, the
+/// type the seed's readers expect; amounts are bounded by [`MAX_PRICE`] so the number
+/// round-trips exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(Decimal);
+
+impl Money {
+    pub const ZERO: Money = Money(Decimal::ZERO);
+
+    pub fn new(amount: Decimal) -> Result<Self, String> {
+        if amount.is_sign_negative() && !amount.is_zero() {
+            return Err("must not be negative".into());
+        }
+        if amount.normalize().scale() > 2 {
+            return Err("must have at most 2 decimal places".into());
+        }
+        if amount > MAX_PRICE {
+            return Err(format!("must be at most {MAX_PRICE}"));
+        }
+        Ok(Self(amount.normalize()))
+    }
+
+    pub fn amount(self) -> Decimal {
+        self.0
+    }
+}
+
+impl FromStr for Money {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let amount = Decimal::from_str_exact(s.trim()).map_err(|_| "is not a decimal number")?;
+        Money::new(amount)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.2}", self.0)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serialize_decimal_as_number(&self.0, serializer)
+    }
+}
+
+/// Writes a decimal as a JSON integer when it is whole, else as a float whose shortest
+/// representation is the decimal itself (true for up to 15 significant digits).
+pub fn serialize_decimal_as_number<S: Serializer>(
+    d: &Decimal,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use rust_decimal::prelude::ToPrimitive;
+    let d = d.normalize();
+    if d.scale() == 0
+        && let Some(n) = d.to_i64()
+    {
+        return serializer.serialize_i64(n);
+    }
+    match d.to_f64() {
+        Some(f) => serializer.serialize_f64(f),
+        None => Err(serde::ser::Error::custom("amount out of range")),
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MoneyVisitor;
+        impl Visitor<'_> for MoneyVisitor {
+            type Value = Money;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative amount as a number or a decimal string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
+                Money::new(Decimal::from(v)).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
+                Money::new(Decimal::from(v)).map_err(E::custom)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Money, E> {
+                if !v.is_finite() {
+                    return Err(E::custom("must be a finite number"));
+                }
+                // Rust prints the shortest decimal that reads back as `v`: exactly what the
+                // client wrote for any amount within MAX_PRICE and two decimals.
+                v.to_string().parse().map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Money, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(MoneyVisitor)
+    }
+}
+
+/// What was ordered. The seed only defines `price` (the order total); every other field the
+/// client sent is kept as it came and passed along.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderDetails {
+    pub price: Money,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An order accepted by the orders API: a message on `order_details`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    pub user_id: Id,
+    pub order_id: Id,
+    pub user_email: Email,
+    pub order_details: OrderDetails,
+    /// When the order was accepted, in seconds since the Unix epoch (the seed's `time.time()`).
+    pub time: f64,
+    /// Version of our additions; `0` for a message written by the seed.
+    #[serde(default)]
+    pub schema: u32,
+}
+
+/// The payment decision on an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionStatus {
+    Confirmed,
+    Declined,
+}
+
+/// A decided order: a message on `order_confirmed` (the seed's order fields plus `status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderDecision {
+    #[serde(flatten)]
+    pub order: Order,
+    pub status: DecisionStatus,
+    /// Why the order was declined; absent when it was confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When the decision was made, in seconds since the Unix epoch; absent from the seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<f64>,
+}
+
+/// Seconds since the Unix epoch, as the seed's `time.time()` gives them.
+pub fn now_epoch_seconds() -> f64 {
+    let now = chrono::Utc::now();
+    now.timestamp() as f64 + f64::from(now.timestamp_subsec_micros()) / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Exactly what the seed's `orders_backend.py` writes to `order_details`.
+    const SEED_ORDER: &str = r#"{"user_id": 7, "order_id": 1001, "user_email": "anna@example.com", "order_details": {"price": 349, "item": "BILLY bookcase"}, "time": 1700000000.123456}"#;
+
+    /// Exactly what the seed's `transactions_backend.py` writes to `order_confirmed`.
+    const SEED_CONFIRMED: &str = r#"{"user_id": "u-7", "order_id": "o-1001", "user_email": "anna@example.com", "order_details": {"price": "349"}, "time": 1700000000.5, "status": "confirmed"}"#;
+
+    #[test]
+    fn seed_order_decodes_with_its_ids_and_price() {
+        let order: Order = serde_json::from_str(SEED_ORDER).unwrap();
+        assert_eq!(order.user_id, Id::Int(7));
+        assert_eq!(order.order_id, Id::Int(1001));
+        assert_eq!(order.user_email.as_str(), "anna@example.com");
+        assert_eq!(order.order_details.price.amount(), Decimal::from(349));
+        assert_eq!(order.order_details.extra["item"], json!("BILLY bookcase"));
+        assert_eq!(order.time, 1_700_000_000.123456);
+        assert_eq!(order.schema, 0, "seed messages carry no schema version");
+    }
+
+    #[test]
+    fn seed_confirmed_order_decodes_with_string_ids() {
+        let decision: OrderDecision = serde_json::from_str(SEED_CONFIRMED).unwrap();
+        assert_eq!(decision.order.order_id, Id::Str("o-1001".into()));
+        assert_eq!(decision.status, DecisionStatus::Confirmed);
+        assert_eq!(decision.reason, None);
+    }
+
+    #[test]
+    fn our_order_json_carries_the_seed_fields_with_the_seed_types() {
+        let order: Order = serde_json::from_str(SEED_ORDER).unwrap();
+        let value = serde_json::to_value(&order).unwrap();
+        assert!(value["user_id"].is_i64());
+        assert!(value["order_id"].is_i64());
+        assert!(value["user_email"].is_string());
+        assert!(value["order_details"].is_object());
+        assert_eq!(value["order_details"]["price"], json!(349));
+        assert_eq!(value["order_details"]["item"], json!("BILLY bookcase"));
+        assert!(value["time"].is_f64());
+        // What the seed's analytics does with it: int(order_details['price']).
+        assert_eq!(value["order_details"]["price"].as_i64(), Some(349));
+    }
+
+    #[test]
+    fn our_decision_json_adds_status_string_and_reason_only_when_declined() {
+        let order: Order = serde_json::from_str(SEED_ORDER).unwrap();
+        let confirmed = OrderDecision {
+            order: order.clone(),
+            status: DecisionStatus::Confirmed,
+            reason: None,
+            decided_at: None,
+        };
+        let value = serde_json::to_value(&confirmed).unwrap();
+        assert_eq!(value["status"], json!("confirmed"));
+        assert!(value.get("reason").is_none());
+        assert_eq!(value["order_id"], json!(1001));
+
+        let declined = OrderDecision {
+            status: DecisionStatus::Declined,
+            reason: Some("card declined".into()),
+            ..confirmed
+        };
+        let value = serde_json::to_value(&declined).unwrap();
+        assert_eq!(value["status"], json!("declined"));
+        assert_eq!(value["reason"], json!("card declined"));
+    }
+
+    #[test]
+    fn money_round_trips_exactly_as_a_json_number() {
+        for (input, expected) in [
+            ("129.99", json!(129.99)),
+            ("0.1", json!(0.1)),
+            ("100", json!(100)),
+            ("\"100.50\"", json!(100.5)),
+            ("999999999.99", json!(999_999_999.99)),
+        ] {
+            let money: Money = serde_json::from_str(input).unwrap();
+            assert_eq!(serde_json::to_value(money).unwrap(), expected, "{input}");
+        }
+        let sum: Decimal = ["0.1", "0.2"]
+            .iter()
+            .map(|s| s.parse::<Money>().unwrap().amount())
+            .sum();
+        assert_eq!(sum.to_string(), "0.3");
+    }
+
+    #[test]
+    fn money_rejects_negative_fractional_cents_huge_and_non_numbers() {
+        for (input, problem) in [
+            ("-1", "must not be negative"),
+            ("1.001", "at most 2 decimal places"),
+            ("1000000000.01", "must be at most"),
+            ("\"abc\"", "not a decimal number"),
+            ("true", "invalid type"),
+        ] {
+            let err = serde_json::from_str::<Money>(input).unwrap_err().to_string();
+            assert!(err.contains(problem), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn ids_reject_floats_empty_and_overlong_strings() {
+        assert!(serde_json::from_str::<Id>("1.5").is_err());
+        assert!(serde_json::from_str::<Id>("\"\"").is_err());
+        assert!(serde_json::from_str::<Id>(&format!("\"{}\"", "x".repeat(129))).is_err());
+        assert!(serde_json::from_str::<Id>("18446744073709551615").is_err());
+        assert_eq!(serde_json::from_str::<Id>("-3").unwrap(), Id::Int(-3));
+    }
+
+    #[test]
+    fn emails_are_checked_and_masked() {
+        assert!(Email::parse("not-an-email").is_err());
+        assert!(Email::parse("Anna <anna@example.com>").is_err());
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(250))).is_err());
+        let email = Email::parse("anna@example.com").unwrap();
+        assert_eq!(email.masked(), "a***@example.com");
+    }
+}

@@ -1,0 +1,379 @@
+//! The exactly-once consume-transform-produce loop, written once for every service that
+//! turns messages of one topic into messages of others.
+//!
+//! A service supplies a [`Transform`]: how one decoded input becomes output records. The loop
+//! does the rest: poll a batch, decode each message (a message that does not decode goes to
+//! the source's dead-letter topic with the error and its origin in headers), write the outputs
+//! and the consumer offsets in one Kafka transaction, commit, and stop cleanly when asked.
+//!
+//! A crash at any instant leaves either the whole batch (outputs and offsets) committed or
+//! none of it; the restarted instance, with the same transactional id, aborts the open
+//! transaction and reads the batch again. Readers with `isolation.level=read_committed` thus
+//! see each output exactly once.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::kafka::{self, FlatpackContext};
+use crate::settings::KafkaSettings;
+use crate::topics::Topic;
+
+/// Header names on a dead-lettered message, saying why and where from.
+pub mod dlq_headers {
+    pub const ERROR: &str = "dlq.error";
+    pub const TOPIC: &str = "dlq.topic";
+    pub const PARTITION: &str = "dlq.partition";
+    pub const OFFSET: &str = "dlq.offset";
+    pub const SERVICE: &str = "dlq.service";
+}
+
+/// How long a blocking transactional call may take before it counts as failed.
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A record to write: where, under which key, what.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+}
+
+/// What a service does with each message of its source topic.
+pub trait Transform: Send + 'static {
+    /// The message type of the source topic.
+    type Input: DeserializeOwned;
+
+    /// Turns one input into the records to write (none, one or several).
+    fn apply(&mut self, input: Self::Input, out: &mut Vec<Output>);
+
+    /// The transaction holding everything applied since the last commit or abort committed.
+    fn committed(&mut self) {}
+
+    /// The transaction was aborted: everything applied since the last commit will be applied
+    /// again; forget any state derived from it.
+    fn aborted(&mut self) {}
+}
+
+/// Decodes a JSON message into `T`, naming the offending field on failure
+/// (`order_details.price: must not be negative`).
+pub fn decode<T: DeserializeOwned>(payload: Option<&[u8]>) -> Result<T, String> {
+    let payload = payload.ok_or("message has no payload")?;
+    decode_json(payload)
+}
+
+/// Decodes JSON bytes into `T`; the error names the path of the field at fault.
+pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        // serde_json's " at line 1 column 9" helps nobody reading a single field's error.
+        let text = inner.to_string();
+        let text = match text.rfind(" at line ") {
+            Some(i) if inner.is_data() => text[..i].to_owned(),
+            _ => text,
+        };
+        if path == "." {
+            text
+        } else {
+            format!("{path}: {text}")
+        }
+    })
+}
+
+/// How one exactly-once loop runs.
+#[derive(Debug, Clone)]
+pub struct ExactlyOnceConfig {
+    /// The service, for logs, client ids and DLQ headers.
+    pub service: &'static str,
+    /// The topic read.
+    pub source: Topic,
+    /// The consumer group (shared by all instances of the service).
+    pub group_id: String,
+    /// Stable per instance across restarts (see [`kafka::transactional_producer`]).
+    pub transactional_id: String,
+    /// Most messages per transaction.
+    pub max_batch: usize,
+    /// How long to wait for a batch to fill once its first message arrived.
+    pub max_batch_wait: Duration,
+    /// After this long the broker aborts an open transaction of a vanished instance.
+    pub transaction_timeout: Duration,
+}
+
+/// Runs `transform` over the source topic until `stop` is cancelled, exactly once.
+///
+/// Blocking: call it from a dedicated thread (`tokio::task::spawn_blocking`). Returns `Ok`
+/// after a clean stop (no transaction open, producer flushed, consumer group left) and `Err`
+/// on a fatal error, after which the instance must restart.
+pub fn run_exactly_once<T: Transform>(
+    settings: &KafkaSettings,
+    config: &ExactlyOnceConfig,
+    mut transform: T,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let topics = settings.topics();
+    let source = topics.name(config.source);
+    let dlq = topics.dlq(config.source);
+    let consumer = kafka::consumer(settings, config.service, &config.group_id)?;
+    let producer = kafka::transactional_producer(
+        settings,
+        config.service,
+        &config.transactional_id,
+        config.transaction_timeout,
+    )?;
+    producer
+        .init_transactions(TXN_CALL_TIMEOUT)
+        .with_context(|| format!("initialising transactions as {}", config.transactional_id))?;
+    consumer
+        .subscribe(&[&source])
+        .with_context(|| format!("subscribing to {source}"))?;
+    info!(service = config.service, topic = %source, group = %config.group_id, "consuming exactly once");
+
+    let mut batch = Vec::with_capacity(config.max_batch);
+    let mut out = Vec::new();
+    while !stop.is_cancelled() {
+        collect_batch(&consumer, config, stop, &mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let result = process_batch(
+            &consumer,
+            &producer,
+            config,
+            &dlq,
+            &mut transform,
+            &batch,
+            &mut out,
+        );
+        match result {
+            Ok(()) => {
+                transform.committed();
+                debug!(service = config.service, messages = batch.len(), elapsed = ?started.elapsed(), "transaction committed");
+            }
+            Err(err) if is_fatal(&err) => {
+                error!(service = config.service, cause = %err, "fatal Kafka error; stopping");
+                return Err(err).context("exactly-once loop stopped by a fatal Kafka error");
+            }
+            Err(err) => {
+                warn!(service = config.service, cause = %err, messages = batch.len(), "transaction failed; aborting and reading the batch again");
+                recover(&consumer, &producer)?;
+                transform.aborted();
+            }
+        }
+    }
+    info!(service = config.service, "stopping: no transaction open");
+    producer
+        .flush(TXN_CALL_TIMEOUT)
+        .context("flushing the producer on shutdown")?;
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Polls until `max_batch` messages are in, or `max_batch_wait` passed since the first.
+fn collect_batch(
+    consumer: &BaseConsumer<FlatpackContext>,
+    config: &ExactlyOnceConfig,
+    stop: &CancellationToken,
+    batch: &mut Vec<OwnedMessage>,
+) {
+    const IDLE_POLL: Duration = Duration::from_millis(100);
+    batch.clear();
+    let mut deadline: Option<Instant> = None;
+    while batch.len() < config.max_batch {
+        let timeout = match deadline {
+            None if stop.is_cancelled() => return,
+            None => IDLE_POLL,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) => left,
+                None => return,
+            },
+        };
+        match consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                batch.push(message.detach());
+                deadline.get_or_insert_with(|| Instant::now() + config.max_batch_wait);
+            }
+            Some(Err(err)) => {
+                warn!(service = config.service, cause = %err, "consumer error");
+                if deadline.is_some() {
+                    return;
+                }
+            }
+            None if deadline.is_none() => return,
+            None => {}
+        }
+    }
+}
+
+fn process_batch<T: Transform>(
+    consumer: &BaseConsumer<FlatpackContext>,
+    producer: &BaseProducer<FlatpackContext>,
+    config: &ExactlyOnceConfig,
+    dlq: &str,
+    transform: &mut T,
+    batch: &[OwnedMessage],
+    out: &mut Vec<Output>,
+) -> Result<(), KafkaError> {
+    producer.begin_transaction()?;
+    let mut next_offsets: HashMap<(&str, i32), i64> = HashMap::new();
+    for message in batch {
+        out.clear();
+        match decode::<T::Input>(message.payload()) {
+            Ok(input) => transform.apply(input, out),
+            Err(problem) => {
+                warn!(
+                    service = config.service,
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    cause = %problem,
+                    "undecodable message sent to the dead-letter topic"
+                );
+                send(producer, dead_letter(message, dlq, &problem, config.service))?;
+            }
+        }
+        for output in out.iter() {
+            send(
+                producer,
+                BaseRecord::to(&output.topic)
+                    .key(output.key.as_str())
+                    .payload(output.payload.as_slice()),
+            )?;
+        }
+        next_offsets.insert(
+            (message.topic(), message.partition()),
+            message.offset() + 1,
+        );
+    }
+    let mut offsets = TopicPartitionList::with_capacity(next_offsets.len());
+    for ((topic, partition), offset) in next_offsets {
+        offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    // Absent only while the consumer has not joined its group yet: abort and try again.
+    let group = consumer
+        .group_metadata()
+        .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
+    producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL_TIMEOUT)?;
+    commit(producer)
+}
+
+/// Commits, retrying while librdkafka says the commit itself may be retried.
+fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(TXN_CALL_TIMEOUT) {
+            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {
+                attempts += 1;
+                warn!(cause = %err, attempts, "commit timed out; retrying");
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Queues a record, waiting for room when the producer's queue is full.
+fn send(
+    producer: &BaseProducer<FlatpackContext>,
+    mut record: BaseRecord<'_, str, [u8]>,
+) -> Result<(), KafkaError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((err, _)) => return Err(err),
+        }
+    }
+}
+
+/// The poison message as it came, plus why it failed and where it came from.
+fn dead_letter<'a>(
+    message: &'a OwnedMessage,
+    dlq: &'a str,
+    problem: &str,
+    service: &str,
+) -> BaseRecord<'a, str, [u8]> {
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: dlq_headers::ERROR,
+            value: Some(problem),
+        })
+        .insert(Header {
+            key: dlq_headers::TOPIC,
+            value: Some(message.topic()),
+        })
+        .insert(Header {
+            key: dlq_headers::PARTITION,
+            value: Some(&message.partition().to_string()),
+        })
+        .insert(Header {
+            key: dlq_headers::OFFSET,
+            value: Some(&message.offset().to_string()),
+        })
+        .insert(Header {
+            key: dlq_headers::SERVICE,
+            value: Some(service),
+        });
+    let mut record = BaseRecord::to(dlq)
+        .payload(message.payload().unwrap_or_default())
+        .headers(headers);
+    if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
+        record = record.key(key);
+    }
+    record
+}
+
+/// Aborts the open transaction and rewinds the consumer to the last committed offsets.
+fn recover(
+    consumer: &BaseConsumer<FlatpackContext>,
+    producer: &BaseProducer<FlatpackContext>,
+) -> anyhow::Result<()> {
+    match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+        Ok(()) => {}
+        // Nothing open (the failure came before begin_transaction took effect).
+        Err(KafkaError::Transaction(err)) if err.code() == RDKafkaErrorCode::State => {}
+        Err(err) if is_fatal(&err) => bail!("aborting the transaction failed fatally: {err}"),
+        Err(err) => return Err(err).context("aborting the transaction"),
+    }
+    kafka::rewind_to_committed(consumer, TXN_CALL_TIMEOUT)
+        .context("rewinding to the committed offsets after an abort")
+}
+
+fn is_fatal(err: &KafkaError) -> bool {
+    match err {
+        KafkaError::Transaction(err) => err.is_fatal(),
+        other => matches!(other.rdkafka_error_code(), Some(RDKafkaErrorCode::Fatal)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Order;
+
+    #[test]
+    fn decode_names_the_field_and_the_problem() {
+        let err = decode::<Order>(Some(br#"{"user_id":1,"order_id":2,"user_email":"a@b.co","order_details":{"price":-5},"time":1.0}"#)).unwrap_err();
+        assert_eq!(err, "order_details.price: must not be negative");
+        let err = decode::<Order>(Some(br#"{"user_id":1}"#)).unwrap_err();
+        assert!(err.contains("missing field `order_id`"), "{err}");
+        let err = decode::<Order>(Some(b"not json")).unwrap_err();
+        assert!(err.contains("expected"), "{err}");
+        assert_eq!(decode::<Order>(None).unwrap_err(), "message has no payload");
+    }
+}

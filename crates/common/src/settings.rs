@@ -1,0 +1,257 @@
+//! Settings from the environment, shared by all services.
+//!
+//! Each service describes its settings as a `Deserialize` struct whose field names are the
+//! lower-cased names of the environment variables it reads; [`from_env`] fills it in and
+//! reports a bad value with the name of the variable and what is wrong with it.
+//!
+//! Kafka client properties that flatpack does not set itself (SASL, SSL, timeouts, ...) pass
+//! through untouched: `KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL` becomes librdkafka's
+//! `security.protocol=SASL_SSL`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use config::{Config, ConfigError, Environment};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::topics::Topics;
+
+/// Prefix of the environment variables passed through to librdkafka.
+pub const KAFKA_CONFIG_PREFIX: &str = "KAFKA_CONFIG_";
+
+/// A setting that could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid setting {var}: {problem}")]
+pub struct SettingsError {
+    /// The environment variable at fault.
+    pub var: String,
+    pub problem: String,
+}
+
+impl SettingsError {
+    pub fn new(var: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            var: var.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Reads settings of type `T` from the process environment.
+pub fn from_env<T: DeserializeOwned>() -> Result<T, SettingsError> {
+    from_vars(std::env::vars())
+}
+
+/// Reads settings of type `T` from the given variables (the environment, or a test's map).
+pub fn from_vars<T, I>(vars: I) -> Result<T, SettingsError>
+where
+    T: DeserializeOwned,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let vars: HashMap<String, String> = vars.into_iter().collect();
+    Config::builder()
+        .add_source(Environment::default().source(Some(vars.into_iter().collect())))
+        .build()
+        .and_then(Config::try_deserialize)
+        .map_err(describe)
+}
+
+fn describe(err: ConfigError) -> SettingsError {
+    match err {
+        ConfigError::Type {
+            unexpected,
+            expected,
+            key: Some(key),
+            ..
+        } => SettingsError::new(
+            key.to_uppercase(),
+            format!("expected {expected}, found {unexpected}"),
+        ),
+        ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => {
+            let inner = describe(*error);
+            let problem = if inner.var.is_empty() {
+                inner.problem
+            } else {
+                format!("{}", inner)
+            };
+            SettingsError::new(key.to_uppercase(), problem)
+        }
+        other => SettingsError::new("", other.to_string()),
+    }
+}
+
+/// Where the Kafka cluster is and how flatpack's topics are laid out on it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaSettings {
+    /// `KAFKA_BOOTSTRAP_SERVERS`: comma-separated `host:port` list.
+    #[serde(rename = "kafka_bootstrap_servers", default = "default_bootstrap")]
+    pub bootstrap_servers: String,
+    /// `FLATPACK_TOPIC_PREFIX`: namespace for topic names and group ids (tests use one each).
+    #[serde(rename = "flatpack_topic_prefix", default)]
+    pub topic_prefix: String,
+    /// `FLATPACK_TOPIC_PARTITIONS`: partitions of topics created at start-up.
+    #[serde(rename = "flatpack_topic_partitions", default = "default_partitions")]
+    pub partitions: i32,
+    /// `FLATPACK_TOPIC_REPLICATION_FACTOR`: replication factor of topics created at start-up.
+    #[serde(
+        rename = "flatpack_topic_replication_factor",
+        default = "default_replication"
+    )]
+    pub replication_factor: i32,
+    /// `KAFKA_CONFIG_*`: librdkafka properties passed through, e.g. for SASL/SSL.
+    #[serde(skip)]
+    pub client_config: BTreeMap<String, String>,
+}
+
+fn default_bootstrap() -> String {
+    "localhost:9092".into()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+
+impl KafkaSettings {
+    /// Reads and checks the Kafka settings from the process environment.
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut settings: Self = from_vars(vars.iter().cloned())?;
+        settings.client_config = passthrough(&vars)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(SettingsError::new(
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "must name at least one host:port",
+            ));
+        }
+        if !(1..=10_000).contains(&self.partitions) {
+            return Err(SettingsError::new(
+                "FLATPACK_TOPIC_PARTITIONS",
+                "must be between 1 and 10000",
+            ));
+        }
+        if !(1..=32).contains(&self.replication_factor) {
+            return Err(SettingsError::new(
+                "FLATPACK_TOPIC_REPLICATION_FACTOR",
+                "must be between 1 and 32",
+            ));
+        }
+        if let Some(bad) = self
+            .topic_prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(SettingsError::new(
+                "FLATPACK_TOPIC_PREFIX",
+                format!("may hold only ASCII letters, digits, '.', '_' and '-', found {bad:?}"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn topics(&self) -> Topics {
+        Topics::new(self.topic_prefix.clone())
+    }
+}
+
+/// `KAFKA_CONFIG_SASL_MECHANISMS=PLAIN` → `sasl.mechanisms=PLAIN`.
+fn passthrough(vars: &[(String, String)]) -> Result<BTreeMap<String, String>, SettingsError> {
+    vars.iter()
+        .filter_map(|(name, value)| {
+            let property = name.strip_prefix(KAFKA_CONFIG_PREFIX)?;
+            if property.is_empty() || property.starts_with('_') || property.ends_with('_') {
+                return Some(Err(SettingsError::new(
+                    name.clone(),
+                    "does not name a librdkafka property",
+                )));
+            }
+            Some(Ok((property.to_lowercase().replace('_', "."), value.clone())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let settings = KafkaSettings::from_vars(vars(&[])).unwrap();
+        assert_eq!(settings.bootstrap_servers, "localhost:9092");
+        assert_eq!(settings.partitions, 6);
+        assert_eq!(settings.replication_factor, 1);
+        assert_eq!(settings.topic_prefix, "");
+    }
+
+    #[test]
+    fn values_are_read_and_librdkafka_properties_pass_through() {
+        let settings = KafkaSettings::from_vars(vars(&[
+            ("KAFKA_BOOTSTRAP_SERVERS", "b1:9092,b2:9092"),
+            ("FLATPACK_TOPIC_PARTITIONS", "12"),
+            ("FLATPACK_TOPIC_REPLICATION_FACTOR", "3"),
+            ("FLATPACK_TOPIC_PREFIX", "staging."),
+            ("KAFKA_CONFIG_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_CONFIG_SASL_MECHANISMS", "PLAIN"),
+            ("UNRELATED", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.bootstrap_servers, "b1:9092,b2:9092");
+        assert_eq!(settings.partitions, 12);
+        assert_eq!(settings.replication_factor, 3);
+        assert_eq!(settings.topics().scoped("g"), "staging.g");
+        assert_eq!(
+            settings.client_config,
+            BTreeMap::from([
+                ("sasl.mechanisms".to_string(), "PLAIN".to_string()),
+                ("security.protocol".to_string(), "SASL_SSL".to_string()),
+            ])
+        );
+    }
+
+    #[test]
+    fn a_string_is_kept_even_when_it_looks_like_a_number() {
+        let settings =
+            KafkaSettings::from_vars(vars(&[("FLATPACK_TOPIC_PREFIX", "2024")])).unwrap();
+        assert_eq!(settings.topic_prefix, "2024");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("FLATPACK_TOPIC_PARTITIONS", "many"),
+            ("FLATPACK_TOPIC_PARTITIONS", "0"),
+            ("FLATPACK_TOPIC_REPLICATION_FACTOR", "-1"),
+            ("KAFKA_BOOTSTRAP_SERVERS", " "),
+            ("FLATPACK_TOPIC_PREFIX", "a b"),
+            ("KAFKA_CONFIG_", "x"),
+        ] {
+            let err = KafkaSettings::from_vars(vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}: {err}");
+            assert!(err.to_string().contains(var), "{err}");
+        }
+    }
+}
