@@ -85,7 +85,9 @@ impl ConsumerContext for FlatpackContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => debug!(client = self.client, offsets = %describe(offsets), "offsets committed"),
+            Ok(()) => {
+                debug!(client = self.client, offsets = %describe(offsets), "offsets committed")
+            }
             Err(err) => warn!(client = self.client, cause = %err, "offset commit failed"),
         }
     }
@@ -127,7 +129,10 @@ pub fn producer(
 ) -> anyhow::Result<FutureProducer<FlatpackContext>> {
     let mut config = base_config(settings);
     config.set("enable.idempotence", "true").set("acks", "all");
-    config.set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+    config.set(
+        "message.timeout.ms",
+        delivery_timeout.as_millis().to_string(),
+    );
     set_default(&mut config, "linger.ms", "2");
     set_default(&mut config, "client.id", client);
     config
@@ -167,7 +172,20 @@ pub fn consumer(
     client: &'static str,
     group_id: &str,
 ) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    consumer_with(settings, client, group_id, &[])
+}
+
+/// [`consumer`] with extra properties.
+pub fn consumer_with(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
     let mut config = base_config(settings);
+    for (key, value) in extra {
+        config.set(*key, *value);
+    }
     config
         .set("group.id", group_id)
         .set("isolation.level", "read_committed")

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::events::{DecodeError, decode_json};
 use crate::kafka::{self, FlatpackContext};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
@@ -68,29 +69,15 @@ pub trait Transform: Send + 'static {
 
 /// Decodes a JSON message into `T`, naming the offending field on failure
 /// (`order_details.price: must not be negative`).
-pub fn decode<T: DeserializeOwned>(payload: Option<&[u8]>) -> Result<T, String> {
-    let payload = payload.ok_or("message has no payload")?;
-    decode_json(payload)
-}
-
-/// Decodes JSON bytes into `T`; the error names the path of the field at fault.
-pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|err| {
-        let path = err.path().to_string();
-        let inner = err.into_inner();
-        // serde_json's " at line 1 column 9" helps nobody reading a single field's error.
-        let text = inner.to_string();
-        let text = match text.rfind(" at line ") {
-            Some(i) if inner.is_data() => text[..i].to_owned(),
-            _ => text,
-        };
-        if path == "." {
-            text
-        } else {
-            format!("{path}: {text}")
-        }
-    })
+pub fn decode<T: DeserializeOwned>(payload: Option<&[u8]>) -> Result<T, DecodeError> {
+    match payload {
+        Some(bytes) => decode_json(bytes),
+        None => Err(DecodeError {
+            field: None,
+            problem: "message has no payload".into(),
+            syntax: true,
+        }),
+    }
 }
 
 /// How one exactly-once loop runs.
@@ -126,7 +113,14 @@ pub fn run_exactly_once<T: Transform>(
     let topics = settings.topics();
     let source = topics.name(config.source);
     let dlq = topics.dlq(config.source);
-    let consumer = kafka::consumer(settings, config.service, &config.group_id)?;
+    // Static membership under the instance's stable id: a restarted instance takes its
+    // partitions back at once instead of waiting for the group to expire its former self.
+    let consumer = kafka::consumer_with(
+        settings,
+        config.service,
+        &config.group_id,
+        &[("group.instance.id", &config.transactional_id)],
+    )?;
     let producer = kafka::transactional_producer(
         settings,
         config.service,
@@ -242,7 +236,11 @@ fn process_batch<T: Transform>(
                     cause = %problem,
                     "undecodable message sent to the dead-letter topic"
                 );
-                send(producer, dead_letter(message, dlq, &problem, config.service))?;
+                let problem = problem.to_string();
+                send(
+                    producer,
+                    dead_letter(message, dlq, &problem, config.service),
+                )?;
             }
         }
         for output in out.iter() {
@@ -253,10 +251,7 @@ fn process_batch<T: Transform>(
                     .payload(output.payload.as_slice()),
             )?;
         }
-        next_offsets.insert(
-            (message.topic(), message.partition()),
-            message.offset() + 1,
-        );
+        next_offsets.insert((message.topic(), message.partition()), message.offset() + 1);
     }
     let mut offsets = TopicPartitionList::with_capacity(next_offsets.len());
     for ((topic, partition), offset) in next_offsets {
@@ -369,11 +364,20 @@ mod tests {
     #[test]
     fn decode_names_the_field_and_the_problem() {
         let err = decode::<Order>(Some(br#"{"user_id":1,"order_id":2,"user_email":"a@b.co","order_details":{"price":-5},"time":1.0}"#)).unwrap_err();
-        assert_eq!(err, "order_details.price: must not be negative");
-        let err = decode::<Order>(Some(br#"{"user_id":1}"#)).unwrap_err();
-        assert!(err.contains("missing field `order_id`"), "{err}");
+        assert_eq!(err.to_string(), "order_details.price: must not be negative");
+        let err = decode::<Order>(Some(br#"{"user_id":1,"user_email":"a@b.co"}"#)).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("order_id"));
+        assert_eq!(err.to_string(), "order_id: missing field");
+        let err = decode::<Order>(Some(
+            br#"{"user_id":1,"order_id":2,"user_email":"a@b.co","order_details":{},"time":1.0}"#,
+        ))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "order_details.price: missing field");
         let err = decode::<Order>(Some(b"not json")).unwrap_err();
-        assert!(err.contains("expected"), "{err}");
-        assert_eq!(decode::<Order>(None).unwrap_err(), "message has no payload");
+        assert!(err.syntax && err.field.is_none(), "{err}");
+        assert_eq!(
+            decode::<Order>(None).unwrap_err().to_string(),
+            "message has no payload"
+        );
     }
 }

@@ -182,7 +182,10 @@ fn passthrough(vars: &[(String, String)]) -> Result<BTreeMap<String, String>, Se
                     "does not name a librdkafka property",
                 )));
             }
-            Some(Ok((property.to_lowercase().replace('_', "."), value.clone())))
+            Some(Ok((
+                property.to_lowercase().replace('_', "."),
+                value.clone(),
+            )))
         })
         .collect()
 }

@@ -9,9 +9,13 @@ pub fn init(service: &'static str) -> anyhow::Result<()> {
     let json = match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") | Err(_) => false,
-        Ok(other) => anyhow::bail!("invalid setting LOG_FORMAT: expected text or json, found {other:?}"),
+        Ok(other) => {
+            anyhow::bail!("invalid setting LOG_FORMAT: expected text or json, found {other:?}")
+        }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -82,7 +82,12 @@ mod tests {
         let names: Vec<_> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
         assert_eq!(
             names,
-            ["order_details", "order_confirmed", "order_email_sent", "analytics_result"]
+            [
+                "order_details",
+                "order_confirmed",
+                "order_email_sent",
+                "analytics_result"
+            ]
         );
         assert_eq!(topics.dlq(Topic::OrderDetails), "order_details.dlq");
     }

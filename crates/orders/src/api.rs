@@ -1,0 +1,214 @@
+//! HTTP handlers and the errors they answer with.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use common::events::{
+    Email, Id, Order, OrderDetails, SCHEMA_VERSION, decode_json, now_epoch_seconds,
+};
+use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use serde::Deserialize;
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+use tracing::{info, warn};
+
+use crate::AppState;
+
+/// The request body of `POST /order`: the seed's fields. Unknown fields are ignored, as the
+/// seed ignores them; `time` is set by the server.
+#[derive(Debug, Deserialize)]
+struct OrderRequest {
+    user_id: Id,
+    order_id: Id,
+    user_email: Email,
+    order_details: OrderDetails,
+}
+
+/// Why a request was not accepted. Each variant answers with its own status and a JSON body
+/// `{"error": "...", "field": "..."}`; internals never leak into it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request body could not be read")]
+    BadBody,
+    #[error("request body is not valid JSON: {0}")]
+    Syntax(String),
+    #[error("{field}: {problem}")]
+    Invalid { field: String, problem: String },
+    #[error(
+        "the order could not be stored: the message broker did not acknowledge it in time; nothing was accepted, try again"
+    )]
+    Unavailable,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadBody | ApiError::Syntax(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut body = json!({ "error": self.to_string() });
+        if let ApiError::Invalid { field, .. } = &self {
+            body["field"] = json!(field);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The API's routes, with the body limit and request tracing applied.
+pub fn router(state: AppState) -> Router {
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/order", post(post_order))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "error": "no such route" })),
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn post_order(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Order>, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = body.map_err(|rejection| match rejection {
+        BytesRejection::FailedToBufferBody(_)
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
+            ApiError::TooLarge(state.max_body_bytes)
+        }
+        _ => ApiError::BadBody,
+    })?;
+    let request: OrderRequest = decode_json(&body).map_err(|err| match err.field {
+        Some(field) if !err.syntax => ApiError::Invalid {
+            field,
+            problem: err.problem,
+        },
+        _ if err.syntax => ApiError::Syntax(err.problem),
+        _ => ApiError::Invalid {
+            field: "body".into(),
+            problem: err.problem,
+        },
+    })?;
+    let order = Order {
+        user_id: request.user_id,
+        order_id: request.order_id,
+        user_email: request.user_email,
+        order_details: request.order_details,
+        time: now_epoch_seconds(),
+        schema: SCHEMA_VERSION,
+    };
+    publish(&state, &order).await?;
+    Ok(Json(order))
+}
+
+/// `application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Writes the order and waits for the broker's acknowledgement (bounded by the producer's
+/// `message.timeout.ms`, which is the publish timeout).
+async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
+    let key = order.order_id.to_string();
+    let payload = serde_json::to_vec(order).map_err(|err| {
+        warn!(order_id = %key, cause = %err, "order could not be serialised");
+        ApiError::Unavailable
+    })?;
+    let record = FutureRecord::to(&state.topic).key(&key).payload(&payload);
+    // The producer gives up after the publish timeout; the outer bound only guards the
+    // guarantee that no request waits much longer than that.
+    let send = state
+        .producer
+        .send(record, Timeout::After(state.publish_timeout));
+    match tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send).await {
+        Ok(Ok(delivery)) => {
+            info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, "order accepted");
+            Ok(())
+        }
+        Ok(Err((err, _))) => {
+            warn!(order_id = %key, cause = %err, "order not acknowledged by the broker");
+            Err(ApiError::Unavailable)
+        }
+        Err(_) => {
+            warn!(order_id = %key, "order acknowledgement timed out");
+            Err(ApiError::Unavailable)
+        }
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let producer = state.producer.clone();
+    let topic = state.topic.clone();
+    let ready = tokio::task::spawn_blocking(move || {
+        common::kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
+    })
+    .await
+    .unwrap_or(false);
+    if ready {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "error": "the message broker does not answer" })),
+        )
+            .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        for (value, expected) in [
+            ("application/json", true),
+            ("application/json; charset=utf-8", true),
+            ("Application/JSON", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+        ] {
+            headers.insert(header::CONTENT_TYPE, value.parse().unwrap());
+            assert_eq!(is_json(&headers), expected, "{value}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The orders service: the HTTP API where customers place orders.
+//!
+//! `POST /order` takes the seed's request body, validates it at the edge, publishes the order
+//! to `order_details` keyed by `order_id`, and answers `200` with the accepted order only after
+//! the broker acknowledged the write. `GET /healthz` says the process runs; `GET /readyz` says
+//! the broker answers.
+
+mod api;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::kafka::{self, FlatpackContext};
+use common::{KafkaSettings, Topic};
+use rdkafka::producer::{FutureProducer, Producer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tracing::info;
+
+pub use api::router;
+
+/// The orders service's own settings (the Kafka ones are shared: [`KafkaSettings`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OrdersSettings {
+    /// `ORDERS_HTTP_ADDR`: where the API listens (the seed's port, 5002, by default).
+    #[serde(rename = "orders_http_addr", default = "default_addr")]
+    pub http_addr: SocketAddr,
+    /// `ORDERS_PUBLISH_TIMEOUT_MS`: how long a request waits for the broker's acknowledgement
+    /// before it is answered `503`.
+    #[serde(
+        rename = "orders_publish_timeout_ms",
+        default = "default_publish_timeout"
+    )]
+    pub publish_timeout_ms: u64,
+    /// `ORDERS_MAX_BODY_BYTES`: largest accepted request body.
+    #[serde(rename = "orders_max_body_bytes", default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 5002))
+}
+fn default_publish_timeout() -> u64 {
+    5_000
+}
+fn default_max_body() -> usize {
+    16 * 1024
+}
+
+impl OrdersSettings {
+    pub fn from_env() -> Result<Self, common::settings::SettingsError> {
+        let settings: Self = common::settings::from_env()?;
+        settings.validate()
+    }
+
+    fn validate(self) -> Result<Self, common::settings::SettingsError> {
+        use common::settings::SettingsError;
+        if !(100..=120_000).contains(&self.publish_timeout_ms) {
+            return Err(SettingsError::new(
+                "ORDERS_PUBLISH_TIMEOUT_MS",
+                "must be between 100 and 120000",
+            ));
+        }
+        if !(256..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(SettingsError::new(
+                "ORDERS_MAX_BODY_BYTES",
+                "must be between 256 and 16777216",
+            ));
+        }
+        Ok(self)
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
+    }
+}
+
+/// What the request handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    producer: FutureProducer<FlatpackContext>,
+    topic: Arc<str>,
+    publish_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the producer. Does not contact the broker: a request does.
+    pub fn new(kafka_settings: &KafkaSettings, settings: &OrdersSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            producer: kafka::producer(kafka_settings, "orders", settings.publish_timeout())?,
+            topic: kafka_settings.topics().name(Topic::OrderDetails).into(),
+            publish_timeout: settings.publish_timeout(),
+            max_body_bytes: settings.max_body_bytes,
+        })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then flushes the producer.
+pub async fn run(
+    kafka_settings: KafkaSettings,
+    settings: OrdersSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::new(&kafka_settings, &settings)?;
+    kafka::ensure_topics(&kafka_settings, &[state.topic.to_string()]).await?;
+    let producer = state.producer.clone();
+    let addr = listener.local_addr().context("reading the bound address")?;
+    info!(%addr, "orders API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    info!("HTTP server stopped; flushing the producer");
+    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+        .await
+        .context("joining the flush")?
+        .context("flushing the producer")?;
+    Ok(())
+}

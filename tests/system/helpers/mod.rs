@@ -1,0 +1,442 @@
+//! What every system test needs: a broker, its own topic namespace, the services running
+//! against it, and a way to read what they wrote.
+
+pub mod broker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::KafkaSettings;
+use common::kafka::{base_config, ensure_topics};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Partitions of every test topic: more than one, so ordering and rebalancing are real.
+pub const TEST_PARTITIONS: i32 = 3;
+
+/// One test's world: the broker and a topic/group namespace nobody else uses.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub kafka: KafkaSettings,
+    pub prefix: String,
+}
+
+/// A fresh namespace on the run's broker, or `None` when the test must be skipped (see
+/// [`broker::bootstrap_servers`]).
+pub async fn test_env() -> Option<TestEnv> {
+    let servers = broker::bootstrap_servers().await?;
+    let prefix = format!("t{:08x}_", rand::random::<u32>());
+    let env = TestEnv {
+        kafka: KafkaSettings::from_vars(vars_for(&servers, &prefix)).expect("test settings"),
+        prefix,
+    };
+    Some(env)
+}
+
+fn vars_for(servers: &str, prefix: &str) -> Vec<(String, String)> {
+    vec![
+        ("KAFKA_BOOTSTRAP_SERVERS".into(), servers.into()),
+        ("FLATPACK_TOPIC_PREFIX".into(), prefix.into()),
+        (
+            "FLATPACK_TOPIC_PARTITIONS".into(),
+            TEST_PARTITIONS.to_string(),
+        ),
+    ]
+}
+
+impl TestEnv {
+    /// The environment a service process of this test runs with.
+    pub fn service_vars(&self) -> Vec<(String, String)> {
+        vars_for(&self.kafka.bootstrap_servers, &self.prefix)
+    }
+
+    pub fn topic(&self, topic: common::Topic) -> String {
+        self.kafka.topics().name(topic)
+    }
+
+    pub fn dlq(&self, topic: common::Topic) -> String {
+        self.kafka.topics().dlq(topic)
+    }
+
+    /// Creates topics ahead of the services (so readers can subscribe before writers start).
+    pub async fn create_topics(&self, names: &[String]) {
+        ensure_topics(&self.kafka, names)
+            .await
+            .expect("creating test topics");
+    }
+
+    /// Deletes every topic of this namespace.
+    pub async fn cleanup(&self) {
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(&self.kafka).create().expect("admin client");
+        let metadata = admin
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("cluster metadata");
+        let ours: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|name| name.starts_with(&self.prefix))
+            .collect();
+        let names: Vec<&str> = ours.iter().map(String::as_str).collect();
+        if !names.is_empty() {
+            let _ = admin.delete_topics(&names, &AdminOptions::new()).await;
+        }
+    }
+
+    /// A plain producer for writing test input straight to a topic.
+    pub fn producer(&self) -> FutureProducer {
+        base_config(&self.kafka)
+            .set("enable.idempotence", "true")
+            .create()
+            .expect("test producer")
+    }
+
+    pub async fn produce(&self, topic: &str, key: &str, payload: &[u8]) {
+        self.producer()
+            .send(
+                FutureRecord::to(topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(err, _)| err)
+            .expect("producing test input");
+    }
+
+    /// A reader of `topic` from its beginning, seeing only committed messages.
+    pub fn reader(&self, topic: &str) -> TopicReader {
+        TopicReader::new(&self.kafka, topic)
+    }
+}
+
+/// A message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("record is JSON")
+    }
+}
+
+/// Reads a whole topic, from the beginning, as a `read_committed` consumer outside any group.
+pub struct TopicReader {
+    consumer: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl TopicReader {
+    fn new(settings: &KafkaSettings, topic: &str) -> Self {
+        let consumer: BaseConsumer = base_config(settings)
+            .set("group.id", format!("reader-{}", rand::random::<u32>()))
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("test reader");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let mut assignment = TopicPartitionList::new();
+        for partition in metadata.topics()[0].partitions() {
+            assignment
+                .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                .expect("assignment");
+        }
+        assert!(
+            assignment.count() > 0,
+            "topic {topic} has no partitions (does it exist?)"
+        );
+        consumer.assign(&assignment).expect("assigning partitions");
+        Self {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    fn poll_once(&mut self, timeout: Duration) -> bool {
+        match self.consumer.poll(timeout) {
+            Some(Ok(message)) => {
+                let headers = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                let value =
+                                    h.value.map(String::from_utf8_lossy).unwrap_or_default();
+                                (h.key.to_owned(), value.into_owned())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                self.records.push(Record {
+                    key: message
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned()),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                true
+            }
+            Some(Err(err)) => panic!("reading test output: {err}"),
+            None => false,
+        }
+    }
+
+    /// Reads until `done(records)` holds, then keeps reading until nothing new arrives for
+    /// `settle` (so that duplicates behind the last expected message are seen too). Panics
+    /// with `what` if `done` does not hold within `deadline`.
+    pub fn read_until(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[Record]) -> bool,
+    ) -> &[Record] {
+        const SETTLE: Duration = Duration::from_millis(1500);
+        let until = Instant::now() + deadline;
+        while !done(&self.records) {
+            assert!(
+                Instant::now() < until,
+                "timed out after {deadline:?} waiting for {what}; read {} records",
+                self.records.len()
+            );
+            self.poll_once(Duration::from_millis(100));
+        }
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < SETTLE {
+            if self.poll_once(Duration::from_millis(100)) {
+                quiet_since = Instant::now();
+            }
+        }
+        &self.records
+    }
+
+    /// Reads until at least `count` records are in, and returns at once.
+    pub fn wait_for(&mut self, count: usize, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while self.records.len() < count {
+            assert!(
+                Instant::now() < until,
+                "timed out after {deadline:?} waiting for {count} records; read {}",
+                self.records.len()
+            );
+            self.poll_once(Duration::from_millis(100));
+        }
+    }
+
+    /// Reads until `count` records are in (and the topic settled).
+    pub fn read_at_least(&mut self, count: usize, deadline: Duration) -> &[Record] {
+        self.read_until(&format!("{count} records"), deadline, |r| r.len() >= count)
+    }
+}
+
+/// An orders API running in this process.
+pub struct OrdersApi {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the orders API on a free port and waits until it serves.
+pub async fn spawn_orders(env: &TestEnv) -> OrdersApi {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let settings: orders::OrdersSettings =
+        common::settings::from_vars(Vec::<(String, String)>::new()).expect("orders defaults");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(orders::run(env.kafka.clone(), settings, listener, async {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = client.get(format!("{url}/readyz")).send().await
+            && response.status().is_success()
+        {
+            break;
+        }
+        assert!(!task.is_finished(), "orders API stopped during start-up");
+        assert!(Instant::now() < until, "orders API not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    OrdersApi {
+        url,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl OrdersApi {
+    /// Shuts the API down gracefully and returns how `run` ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("orders task panicked")
+    }
+}
+
+/// A transactions service running in this process.
+pub struct InProcess {
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Starts the transactions service in this process with the default payment rules.
+pub fn spawn_transactions(env: &TestEnv, instance: &str) -> InProcess {
+    let settings: transactions::TransactionsSettings = common::settings::from_vars(vec![(
+        "TRANSACTIONS_INSTANCE_ID".to_string(),
+        instance.to_string(),
+    )])
+    .expect("transactions settings");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(transactions::run(
+        env.kafka.clone(),
+        settings,
+        transactions::RulesCheck::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    InProcess {
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl InProcess {
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.expect("service task panicked")
+    }
+}
+
+/// A service running as its own process (the binary cargo built), for tests that kill it.
+pub struct ServiceProcess {
+    name: &'static str,
+    child: Child,
+}
+
+/// Path of a service binary next to this test binary (`target/<profile>/<name>`).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the service binaries first (`cargo build --workspace --bins`, which scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+impl ServiceProcess {
+    pub fn start(name: &'static str, vars: &[(String, String)]) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "flatpack-test-{name}-{}.log",
+            rand::random::<u32>()
+        ));
+        let file = std::fs::File::create(&log).expect("service log file");
+        eprintln!("{name} logs to {}", log.display());
+        let child = Command::new(binary(name))
+            .envs(vars.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("starting the service binary");
+        Self { name, child }
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaping the killed process");
+    }
+
+    /// SIGTERM, then wait for the process to exit on its own.
+    pub fn terminate(mut self, deadline: Duration) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("sending SIGTERM");
+        assert!(status.success(), "kill -TERM failed");
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for exit") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "{} did not exit within {deadline:?} of SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .try_wait()
+            .expect("polling the process")
+            .is_none()
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A valid order request body for `order_id`.
+pub fn order_body(order_id: u64, price: &str) -> serde_json::Value {
+    serde_json::json!({
+        "user_id": 7,
+        "order_id": order_id,
+        "user_email": "anna@example.com",
+        "order_details": { "price": serde_json::from_str::<serde_json::Value>(price).expect("price"), "item": "BILLY bookcase" }
+    })
+}
+
+/// Posts `bodies` to the API with `concurrency` requests in flight; returns the statuses.
+pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: usize) -> Vec<u16> {
+    use futures::StreamExt;
+    let client = reqwest::Client::new();
+    futures::stream::iter(bodies)
+        .map(|body| {
+            let client = client.clone();
+            async move {
+                client
+                    .post(format!("{url}/order"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("POST /order")
+                    .status()
+                    .as_u16()
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}

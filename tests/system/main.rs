@@ -1,0 +1,22 @@
+//! System tests: the flatpack services against a real Kafka broker.
+//!
+//! The broker comes from `KAFKA_BOOTSTRAP_SERVERS` (set by `scripts/test.sh`, which starts
+//! one from the Apache Kafka jars), else from an `apache/kafka` container; see
+//! [`helpers::broker`]. Each test works in its own topic namespace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod orders_api;
+mod transactions;
+
+/// Skips the test (loudly) when there is no broker outside CI; see [`helpers::broker`].
+#[macro_export]
+macro_rules! test_env {
+    () => {
+        match $crate::helpers::test_env().await {
+            Some(env) => env,
+            None => return,
+        }
+    };
+}

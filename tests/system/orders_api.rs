@@ -1,0 +1,331 @@
+//! The orders API: validation at the edge, acknowledged writes, and behaviour without a broker.
+
+use std::time::{Duration, Instant};
+
+use common::{KafkaSettings, Topic};
+use serde_json::{Value, json};
+
+use crate::helpers::{order_body, spawn_orders};
+use crate::test_env;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn post_order_answers_the_accepted_order_after_it_is_on_order_details() {
+    let env = test_env!();
+    let api = spawn_orders(&env).await;
+
+    let response = reqwest::Client::new()
+        .post(format!("{}/order", api.url))
+        .json(&json!({
+            "user_id": "u-1", "order_id": 1001, "user_email": "anna@example.com",
+            "order_details": {"price": 349.5, "item": "BILLY bookcase", "qty": 2}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let accepted: Value = response.json().await.unwrap();
+    assert_eq!(accepted["order_id"], json!(1001));
+    assert_eq!(accepted["user_id"], json!("u-1"));
+    assert!(accepted["time"].is_f64());
+
+    let mut reader = env.reader(&env.topic(Topic::OrderDetails));
+    let records = reader.read_at_least(1, Duration::from_secs(30));
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].key.as_deref(), Some("1001"));
+    let on_topic = records[0].json();
+    assert_eq!(
+        on_topic, accepted,
+        "the topic holds exactly what the client was told"
+    );
+    assert_eq!(
+        on_topic["order_details"],
+        json!({"price": 349.5, "item": "BILLY bookcase", "qty": 2})
+    );
+    assert_eq!(on_topic["user_email"], json!("anna@example.com"));
+
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// (what is wrong, content type, body, expected status, text the error must contain)
+fn malformed_requests() -> Vec<(&'static str, &'static str, Vec<u8>, u16, &'static str)> {
+    let valid = order_body(1, "10");
+    let with = |path: &[&str], value: Value| {
+        let mut body = valid.clone();
+        let mut target = &mut body;
+        for key in &path[..path.len() - 1] {
+            target = &mut target[*key];
+        }
+        target[path[path.len() - 1]] = value;
+        serde_json::to_vec(&body).unwrap()
+    };
+    let without = |key: &str| {
+        let mut body = valid.clone();
+        body.as_object_mut().unwrap().remove(key);
+        serde_json::to_vec(&body).unwrap()
+    };
+    let json = "application/json";
+    vec![
+        (
+            "missing user_email",
+            json,
+            without("user_email"),
+            422,
+            "user_email: missing field",
+        ),
+        (
+            "missing order_id",
+            json,
+            without("order_id"),
+            422,
+            "order_id: missing field",
+        ),
+        (
+            "missing user_id",
+            json,
+            without("user_id"),
+            422,
+            "user_id: missing field",
+        ),
+        (
+            "missing order_details",
+            json,
+            without("order_details"),
+            422,
+            "order_details: missing field",
+        ),
+        (
+            "missing price",
+            json,
+            with(&["order_details"], json!({"item": "x"})),
+            422,
+            "order_details.price: missing field",
+        ),
+        (
+            "bad e-mail",
+            json,
+            with(&["user_email"], json!("anna-at-example")),
+            422,
+            "user_email: is not a valid e-mail address",
+        ),
+        (
+            "e-mail not a string",
+            json,
+            with(&["user_email"], json!(42)),
+            422,
+            "user_email: invalid type",
+        ),
+        (
+            "negative price",
+            json,
+            with(&["order_details", "price"], json!(-5)),
+            422,
+            "order_details.price: must not be negative",
+        ),
+        (
+            "fractional cents",
+            json,
+            with(&["order_details", "price"], json!(1.005)),
+            422,
+            "order_details.price: must have at most 2 decimal places",
+        ),
+        (
+            "price not a number",
+            json,
+            with(&["order_details", "price"], json!("cheap")),
+            422,
+            "order_details.price: is not a decimal number",
+        ),
+        (
+            "price too large",
+            json,
+            with(&["order_details", "price"], json!(1e12)),
+            422,
+            "order_details.price: must be at most",
+        ),
+        (
+            "order_id a float",
+            json,
+            with(&["order_id"], json!(1.5)),
+            422,
+            "order_id: invalid type",
+        ),
+        (
+            "order_id empty",
+            json,
+            with(&["order_id"], json!("")),
+            422,
+            "order_id: must not be empty",
+        ),
+        (
+            "order_id too long",
+            json,
+            with(&["order_id"], json!("x".repeat(500))),
+            422,
+            "order_id: must be at most 128 characters",
+        ),
+        (
+            "order_id an object",
+            json,
+            with(&["order_id"], json!({"a": 1})),
+            422,
+            "order_id: invalid type",
+        ),
+        (
+            "order_details not an object",
+            json,
+            with(&["order_details"], json!([1, 2])),
+            422,
+            "order_details: invalid type",
+        ),
+        (
+            "body not an object",
+            json,
+            b"[1,2,3]".to_vec(),
+            422,
+            "invalid type",
+        ),
+        (
+            "not JSON",
+            json,
+            b"user_id=1&order_id=2".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "truncated JSON",
+            json,
+            b"{\"user_id\": 1, ".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "trailing garbage",
+            json,
+            [serde_json::to_vec(&valid).unwrap(), b"xyz".to_vec()].concat(),
+            400,
+            "not valid JSON",
+        ),
+        ("empty body", json, Vec::new(), 400, "not valid JSON"),
+        (
+            "huge body",
+            json,
+            with(&["order_details", "note"], json!("x".repeat(100_000))),
+            413,
+            "larger than 16384 bytes",
+        ),
+        (
+            "wrong content type",
+            "text/plain",
+            serde_json::to_vec(&valid).unwrap(),
+            415,
+            "Content-Type must be application/json",
+        ),
+        (
+            "form content type",
+            "application/x-www-form-urlencoded",
+            b"user_id=1".to_vec(),
+            415,
+            "Content-Type must be application/json",
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_a_4xx_naming_the_problem_and_publish_nothing() {
+    let env = test_env!();
+    let api = spawn_orders(&env).await;
+    let client = reqwest::Client::new();
+
+    let cases = malformed_requests();
+    assert!(cases.len() >= 15);
+    for (what, content_type, body, status, text) in cases {
+        let response = client
+            .post(format!("{}/order", api.url))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let error: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: body is not JSON: {e}"));
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(text),
+            "{what}: expected {text:?} in {message:?}"
+        );
+        if status == 422 && text.contains(':') {
+            let field = text.split(':').next().unwrap();
+            assert_eq!(error["field"], json!(field), "{what}");
+        }
+    }
+
+    // Nothing from the bad requests was published: the only order on the topic is this one.
+    let response = client
+        .post(format!("{}/order", api.url))
+        .json(&order_body(77, "10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut reader = env.reader(&env.topic(Topic::OrderDetails));
+    let records = reader.read_at_least(1, Duration::from_secs(30));
+    assert_eq!(records.len(), 1, "only the valid order is on the topic");
+    assert_eq!(records[0].key.as_deref(), Some("77"));
+
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// No broker at all: the API still answers, quickly and clearly, and never hangs.
+#[tokio::test(flavor = "multi_thread")]
+async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
+    // A port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let kafka = KafkaSettings::from_vars(vec![(
+        "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+        dead_addr.to_string(),
+    )])
+    .unwrap();
+    let settings: orders::OrdersSettings = common::settings::from_vars(vec![(
+        "ORDERS_PUBLISH_TIMEOUT_MS".to_string(),
+        "1500".to_string(),
+    )])
+    .unwrap();
+    let state = orders::AppState::new(&kafka, &settings).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, orders::router(state)).await });
+    let client = reqwest::Client::new();
+
+    let started = Instant::now();
+    let response = client
+        .post(format!("{url}/order"))
+        .json(&order_body(1, "10"))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("could not be stored"),
+        "{error}"
+    );
+    assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+
+    let ready = client.get(format!("{url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let health = client.get(format!("{url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    server.abort();
+}

@@ -1,0 +1,274 @@
+//! The transactions service: one decision per order, exactly once, through crashes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::Topic;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Record, ServiceProcess, TestEnv, order_body, post_all, spawn_orders, spawn_transactions,
+};
+use crate::test_env;
+
+/// Decisions per order id, as a `read_committed` reader sees them.
+fn decisions_by_order(records: &[Record]) -> HashMap<String, Vec<Value>> {
+    let mut by_order: HashMap<String, Vec<Value>> = HashMap::new();
+    for record in records {
+        let decision = record.json();
+        assert_eq!(
+            record.key.as_deref(),
+            Some(decision["order_id"].to_string().trim_matches('"')),
+            "decisions are keyed by order_id"
+        );
+        by_order
+            .entry(decision["order_id"].to_string())
+            .or_default()
+            .push(decision);
+    }
+    by_order
+}
+
+/// Asserts that orders `ids` each have exactly one decision and nothing else was decided.
+fn assert_exactly_one_each(records: &[Record], ids: impl Iterator<Item = u64>) {
+    let by_order = decisions_by_order(records);
+    let mut missing = Vec::new();
+    let mut expected = 0;
+    for id in ids {
+        expected += 1;
+        match by_order.get(&id.to_string()).map(Vec::len) {
+            Some(1) => {}
+            Some(n) => panic!("order {id} has {n} decisions"),
+            None => missing.push(id),
+        }
+    }
+    assert!(missing.is_empty(), "orders without a decision: {missing:?}");
+    assert_eq!(
+        by_order.len(),
+        expected,
+        "decisions for orders never placed"
+    );
+    assert_eq!(records.len(), expected, "one record per order");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn posted_orders_get_exactly_one_decision_each_with_the_seed_fields() {
+    let env = test_env!();
+    let api = spawn_orders(&env).await;
+    let service = spawn_transactions(&env, "a");
+
+    let mut bodies: Vec<Value> = (1..=60).map(|id| order_body(id, "129.99")).collect();
+    bodies[9]["order_details"]["payment_token"] = json!("tok_declined");
+    bodies[19]["order_details"]["price"] = json!(25_000);
+    let statuses = post_all(&api.url, bodies, 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let mut reader = env.reader(&env.topic(Topic::OrderConfirmed));
+    let records = reader.read_at_least(60, Duration::from_secs(60)).to_vec();
+    assert_exactly_one_each(&records, 1..=60);
+
+    let by_order = decisions_by_order(&records);
+    let confirmed = &by_order["1"][0];
+    for field in [
+        "user_id",
+        "order_id",
+        "user_email",
+        "order_details",
+        "time",
+        "status",
+    ] {
+        assert!(
+            confirmed.get(field).is_some(),
+            "{field} missing from {confirmed}"
+        );
+    }
+    assert_eq!(confirmed["status"], json!("confirmed"));
+    assert_eq!(confirmed["user_id"], json!(7));
+    assert_eq!(confirmed["order_details"]["price"], json!(129.99));
+    assert!(confirmed["time"].is_f64());
+    assert!(confirmed.get("reason").is_none());
+    assert_eq!(by_order["10"][0]["status"], json!("declined"));
+    assert_eq!(by_order["10"][0]["reason"], json!("card declined"));
+    assert_eq!(by_order["20"][0]["status"], json!("declined"));
+    assert_eq!(
+        by_order["20"][0]["reason"],
+        json!("amount 25000.00 exceeds the limit of 10000.00")
+    );
+
+    service.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn undecodable_messages_go_to_the_dlq_with_their_origin_and_the_next_order_is_confirmed() {
+    let env = test_env!();
+    let source = env.topic(Topic::OrderDetails);
+    let dlq = env.dlq(Topic::OrderDetails);
+    env.create_topics(&[
+        source.clone(),
+        dlq.clone(),
+        env.topic(Topic::OrderConfirmed),
+    ])
+    .await;
+    // All on one key, so all in one partition and in this order.
+    env.produce(&source, "k", b"this is not json").await;
+    let negative = json!({"user_id": 1, "order_id": "k", "user_email": "a@example.com",
+        "order_details": {"price": -3}, "time": 1.0});
+    env.produce(&source, "k", negative.to_string().as_bytes())
+        .await;
+    // What the seed's own orders backend writes: must be decided, not dead-lettered.
+    let seed = json!({"user_id": 1, "order_id": "k", "user_email": "a@example.com",
+        "order_details": {"price": 99}, "time": 1_700_000_000.25});
+    env.produce(&source, "k", seed.to_string().as_bytes()).await;
+
+    let service = spawn_transactions(&env, "a");
+
+    let mut dead = env.reader(&dlq);
+    let dead = dead.read_at_least(2, Duration::from_secs(60)).to_vec();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0].payload, b"this is not json");
+    assert_eq!(dead[0].key.as_deref(), Some("k"));
+    assert_eq!(dead[0].headers["dlq.topic"], source);
+    assert_eq!(dead[0].headers["dlq.offset"], "0");
+    assert_eq!(dead[0].headers["dlq.service"], "transactions");
+    assert!(dead[0].headers.contains_key("dlq.partition"));
+    assert!(
+        dead[0].headers["dlq.error"].contains("expected"),
+        "{:?}",
+        dead[0].headers
+    );
+    assert_eq!(dead[1].headers["dlq.offset"], "1");
+    assert_eq!(
+        dead[1].headers["dlq.error"],
+        "order_details.price: must not be negative"
+    );
+
+    let mut decided = env.reader(&env.topic(Topic::OrderConfirmed));
+    let decided = decided.read_at_least(1, Duration::from_secs(60)).to_vec();
+    assert_eq!(decided.len(), 1);
+    let decision = decided[0].json();
+    assert_eq!(decision["status"], json!("confirmed"));
+    assert_eq!(decision["time"], json!(1_700_000_000.25));
+    assert_eq!(decision["order_details"]["price"], json!(99));
+
+    service.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+fn process_vars(env: &TestEnv, instance: &str, max_batch: usize) -> Vec<(String, String)> {
+    let mut vars = env.service_vars();
+    vars.push(("TRANSACTIONS_INSTANCE_ID".into(), instance.into()));
+    vars.push(("TRANSACTIONS_MAX_BATCH".into(), max_batch.to_string()));
+    vars
+}
+
+/// Waits until a read_committed reader sees at least `count` decisions.
+fn wait_for_decisions(env: &TestEnv, count: usize) {
+    env.reader(&env.topic(Topic::OrderConfirmed))
+        .wait_for(count, Duration::from_secs(120));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_1200_orders_loses_and_duplicates_no_decision() {
+    const ORDERS: u64 = 1200;
+    let env = test_env!();
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.dlq(Topic::OrderDetails),
+    ])
+    .await;
+    let api = spawn_orders(&env).await;
+    // Small transactions, so that a kill lands inside one.
+    let vars = process_vars(&env, "crashy", 25);
+    let service = ServiceProcess::start("transactions", &vars);
+
+    let url = api.url.clone();
+    let posting = tokio::spawn(async move {
+        post_all(
+            &url,
+            (1..=ORDERS).map(|id| order_body(id, "10.01")).collect(),
+            16,
+        )
+        .await
+    });
+
+    // Kill it twice while orders are flowing, each time as soon as progress is visible.
+    let mut service = service;
+    for round in 1..=2 {
+        let env2 = env.clone();
+        tokio::task::spawn_blocking(move || wait_for_decisions(&env2, 200 * round))
+            .await
+            .unwrap();
+        assert!(service.is_running(), "the service died on its own");
+        service.kill();
+        service = ServiceProcess::start("transactions", &vars);
+    }
+
+    let statuses = posting.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every order was accepted"
+    );
+
+    let env2 = env.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let mut reader = env2.reader(&env2.topic(Topic::OrderConfirmed));
+        reader
+            .read_at_least(ORDERS as usize, Duration::from_secs(120))
+            .to_vec()
+    })
+    .await
+    .unwrap();
+    assert_exactly_one_each(&records, 1..=ORDERS);
+
+    let status = service.terminate(Duration::from_secs(30));
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_commits_the_open_batch_and_exits_zero() {
+    let env = test_env!();
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.dlq(Topic::OrderDetails),
+    ])
+    .await;
+    let api = spawn_orders(&env).await;
+    let vars = process_vars(&env, "graceful", 50);
+    let service = ServiceProcess::start("transactions", &vars);
+    let statuses = post_all(
+        &api.url,
+        (1..=300).map(|id| order_body(id, "5")).collect(),
+        8,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200));
+
+    let env2 = env.clone();
+    tokio::task::spawn_blocking(move || wait_for_decisions(&env2, 1))
+        .await
+        .unwrap();
+    let status = service.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "SIGTERM ends with exit code 0");
+
+    // Whatever was not decided before the stop is decided after a restart, once.
+    let service = ServiceProcess::start("transactions", &vars);
+    let env2 = env.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        env2.reader(&env2.topic(Topic::OrderConfirmed))
+            .read_at_least(300, Duration::from_secs(120))
+            .to_vec()
+    })
+    .await
+    .unwrap();
+    assert_exactly_one_each(&records, 1..=300);
+
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
