@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Mailpit (SMTP server with an HTTP API) for tests and local runs.
+# Run `scripts/mailpit.sh --help` for the interface.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+# shellcheck disable=SC2034 # read by lib.sh
+FP_NAME="mailpit.sh"
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
+
+MAILPIT_VERSION="${MAILPIT_VERSION:-v1.27.11}"
+MAILPIT_MODULE="github.com/axllent/mailpit"
+MAILPIT_BIN_DIR="$(fp_cache_dir)/bin"
+MAILPIT_BIN="$MAILPIT_BIN_DIR/mailpit"
+
+usage() {
+  cat <<EOF
+Usage: scripts/mailpit.sh <command> [options]
+
+Runs Mailpit $MAILPIT_VERSION, built with 'go install $MAILPIT_MODULE@<version>'
+(CGO off, pure-Go SQLite) into \${FLATPACK_CACHE_DIR:-\$HOME/.cache/flatpack}/bin
+and reused afterwards. Only KEY=VALUE lines go to stdout; logs go to stderr.
+
+Commands:
+  install               Build/install Mailpit into the cache (no-op if that
+                        version is installed there).
+  start [options] [-- mailpit-args]
+                        Install if needed, start Mailpit in the background
+                        (SMTP accepts any or no AUTH, also without TLS),
+                        wait until GET /livez answers and the SMTP port is open,
+                        then print two lines:
+                          MAILPIT_SMTP=127.0.0.1:<smtp-port>
+                          MAILPIT_HTTP=http://127.0.0.1:<http-port>
+                        If the data dir's Mailpit already runs, just prints them.
+                        Words after -- go to mailpit as extra flags.
+  stop --data-dir D [--timeout S]
+                        SIGTERM Mailpit (and its watchdog), SIGKILL after S
+                        (default 10) seconds. Exit 0 also when nothing runs.
+  status --data-dir D   Print MAILPIT_STATUS=running|stopped, MAILPIT_PID=<pid>,
+                        MAILPIT_SMTP=..., MAILPIT_HTTP=...; exit 0 running, 3 stopped.
+  -h, --help            This help.
+
+start options (environment variable in brackets; option wins over variable):
+  --data-dir D          Holds pid file, log and the message database mailpit.db
+                        [MAILPIT_DATA_DIR]; default: new \${TMPDIR:-/tmp}/flatpack-mailpit.XXXXXX
+  --smtp-port P         SMTP port [MAILPIT_SMTP_PORT]; default: free port
+                        (on a restart: the port used before)
+  --http-port P         HTTP API/UI port [MAILPIT_HTTP_PORT]; default: free port
+                        (on a restart: the port used before)
+  --owner-pid PID       Stop Mailpit once PID exits (watchdog, checks every 2 s)
+                        [FLATPACK_OWNER_PID]; 0 disables. Default as in kafka.sh:
+                        the leader of mailpit.sh's process group (the job a
+                        shell started), or the parent when mailpit.sh leads it.
+  --timeout S           Readiness timeout in seconds [MAILPIT_START_TIMEOUT]; default 30
+
+Other environment:
+  MAILPIT_VERSION       Module version to install (default v1.27.11)
+  MAILPIT_STOP_TIMEOUT  Seconds between SIGTERM and SIGKILL (default 10)
+  FLATPACK_CACHE_DIR    Cache root (default \$HOME/.cache/flatpack)
+  Go's own GOMODCACHE/GOCACHE/GOPROXY/GOFLAGS are honoured when building.
+
+Pass --data-dir when you want to stop Mailpit later: the default temp dir is
+only named on stderr.
+Files in the data dir: mailpit.db, mailpit.log, mailpit.out, mailpit.pid,
+mailpit.watchdog.pid, watchdog.log, flatpack-mailpit.env.
+The HTTP API is Mailpit's (/api/v1/messages, /api/v1/search?query=...,
+DELETE /api/v1/messages); the web UI's compiled assets are not part of the Go
+module (they are built with npm for releases), so the UI page itself is bare.
+EOF
+}
+
+# ---------------------------------------------------------------- install
+
+# Version of the mailpit module the cached binary was built from, if any.
+mailpit_installed_version() {
+  [[ -x "$MAILPIT_BIN" ]] || return 1
+  if command -v go >/dev/null 2>&1; then
+    go version -m "$MAILPIT_BIN" 2>/dev/null |
+      awk -v m="$MAILPIT_MODULE" '$1 == "mod" && $2 == m { print $3; found = 1 } END { exit !found }'
+  else # the same build info is embedded as plain text
+    grep -qaF "$(printf 'mod\t%s\t%s\t' "$MAILPIT_MODULE" "$MAILPIT_VERSION")" "$MAILPIT_BIN" &&
+      printf '%s\n' "$MAILPIT_VERSION"
+  fi
+}
+
+mailpit_install_locked() {
+  local have=""
+  have="$(mailpit_installed_version)" || true
+  [[ "$have" == "$MAILPIT_VERSION" ]] && return 0
+  fp_log "building $MAILPIT_MODULE@$MAILPIT_VERSION with go install (CGO_ENABLED=0) into $MAILPIT_BIN_DIR${have:+ (replacing $have)}"
+  # Build into a scratch GOBIN and move the binary in place, so a running
+  # Mailpit or a failed build never sees a half-written file.
+  local tmp
+  tmp="$(mktemp -d "$MAILPIT_BIN_DIR/.gobin.XXXXXX")"
+  if ! GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="${GOFLAGS:+$GOFLAGS }-trimpath" \
+    go install -ldflags="-s -w -X $MAILPIT_MODULE/config.Version=$MAILPIT_VERSION" \
+    "$MAILPIT_MODULE@$MAILPIT_VERSION" >&2; then
+    rm -rf -- "$tmp"
+    fp_die "go install $MAILPIT_MODULE@$MAILPIT_VERSION failed (see above)"
+  fi
+  mv -f -- "$tmp/mailpit" "$MAILPIT_BIN"
+  rm -rf -- "$tmp"
+  have="$(mailpit_installed_version)" || fp_die "installed $MAILPIT_BIN has no build info"
+  [[ "$have" == "$MAILPIT_VERSION" ]] || fp_die "installed $MAILPIT_BIN is $have, wanted $MAILPIT_VERSION"
+  fp_log "Mailpit $MAILPIT_VERSION installed as $MAILPIT_BIN"
+}
+
+mailpit_install() {
+  local have=""
+  have="$(mailpit_installed_version)" || true
+  if [[ "$have" == "$MAILPIT_VERSION" ]]; then
+    [[ "${1-}" != --verbose ]] || fp_log "Mailpit $MAILPIT_VERSION: using cached $MAILPIT_BIN"
+    return 0
+  fi
+  fp_need_cmd go
+  mkdir -p -- "$MAILPIT_BIN_DIR"
+  fp_with_lock "$MAILPIT_BIN_DIR/.mailpit.lock" mailpit_install_locked
+}
+
+# ---------------------------------------------------------------- service
+
+mailpit_pid_marker() { printf '%s\n' "$1/mailpit.db"; }
+
+mailpit_running_pid() { # <data-dir>
+  fp_pidfile_pid "$1/mailpit.pid" "$(mailpit_pid_marker "$1")"
+}
+
+mailpit_ready() { # <smtp-port> <http-port>
+  fp_port_open "$1" && fp_http_ok "http://127.0.0.1:$2/livez"
+}
+
+mailpit_lines() { # <smtp-port> <http-port>
+  printf 'MAILPIT_SMTP=127.0.0.1:%s\nMAILPIT_HTTP=http://127.0.0.1:%s\n' "$1" "$2"
+}
+
+cmd_start() {
+  local data_dir="${MAILPIT_DATA_DIR:-}" smtp="${MAILPIT_SMTP_PORT:-}" http="${MAILPIT_HTTP_PORT:-}"
+  local owner="${FLATPACK_OWNER_PID:-}" timeout="${MAILPIT_START_TIMEOUT:-30}"
+  local -a passthrough=()
+  while (($#)); do
+    case "$1" in
+      --data-dir) fp_need_value "$1" $# "${2-}"; data_dir="$2"; shift 2 ;;
+      --smtp-port) fp_need_value "$1" $# "${2-}"; smtp="$2"; shift 2 ;;
+      --http-port) fp_need_value "$1" $# "${2-}"; http="$2"; shift 2 ;;
+      --owner-pid) fp_need_value "$1" $# "${2-}"; owner="$2"; shift 2 ;;
+      --timeout) fp_need_value "$1" $# "${2-}"; timeout="$2"; shift 2 ;;
+      --) shift; passthrough=("$@"); break ;;
+      -h | --help) usage; exit 0 ;;
+      *) fp_die "start: unknown option '$1' (see --help)" ;;
+    esac
+  done
+  fp_is_uint "$timeout" || fp_die "--timeout must be a number of seconds"
+  [[ -n "$owner" ]] || owner="$(fp_default_owner)"
+  fp_is_uint "$owner" || fp_die "--owner-pid must be a pid (or 0), got '$owner'"
+
+  [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-mailpit)"
+  data_dir="$(fp_abs_dir "$data_dir")"
+
+  local PREV_SMTP_PORT="" PREV_HTTP_PORT="" pid
+  fp_read_env_file "$data_dir/flatpack-mailpit.env" PREV_
+  if pid="$(mailpit_running_pid "$data_dir")"; then
+    fp_log "Mailpit of $data_dir already runs (pid $pid)"
+    mailpit_lines "$PREV_SMTP_PORT" "$PREV_HTTP_PORT"
+    return 0
+  fi
+
+  smtp="${smtp:-$PREV_SMTP_PORT}"
+  http="${http:-$PREV_HTTP_PORT}"
+  fp_fill_free_ports smtp http
+  fp_require_port "--smtp-port" "$smtp"
+  fp_require_port "--http-port" "$http"
+  [[ "$smtp" != "$http" ]] || fp_die "SMTP and HTTP port are both $smtp"
+  fp_port_open "$smtp" && fp_die "SMTP port $smtp is already in use"
+  fp_port_open "$http" && fp_die "HTTP port $http is already in use"
+
+  mailpit_install --verbose
+  printf 'SMTP_PORT=%s\nHTTP_PORT=%s\n' "$smtp" "$http" >"$data_dir/flatpack-mailpit.env"
+
+  if [[ -f "$data_dir/mailpit.log" ]]; then mv -f -- "$data_dir/mailpit.log" "$data_dir/mailpit.log.prev"; fi
+  fp_log "starting Mailpit $MAILPIT_VERSION: SMTP 127.0.0.1:$smtp, HTTP 127.0.0.1:$http, data dir $data_dir"
+  fp_launch "$data_dir" mailpit "$owner" "${MAILPIT_STOP_TIMEOUT:-10}" "Mailpit" \
+    "$MAILPIT_BIN" \
+    --smtp "127.0.0.1:$smtp" --listen "127.0.0.1:$http" \
+    --database "$data_dir/mailpit.db" \
+    --smtp-auth-accept-any --smtp-auth-allow-insecure \
+    --smtp-disable-rdns --disable-version-check \
+    --log-file "$data_dir/mailpit.log" \
+    "${passthrough[@]}"
+  pid="$FP_PID"
+  fp_await_ready "$data_dir" mailpit "$(mailpit_pid_marker "$data_dir")" "Mailpit" "$timeout" \
+    "SMTP port $smtp open and http://127.0.0.1:$http/livez answering" \
+    "$data_dir/mailpit.log:$data_dir/mailpit.out" mailpit_ready "$smtp" "$http"
+  fp_log "Mailpit ready (pid $pid): SMTP 127.0.0.1:$smtp, http://127.0.0.1:$http"
+  mailpit_lines "$smtp" "$http"
+}
+
+cmd_stop() {
+  fp_parse_data_dir_args stop "${MAILPIT_DATA_DIR:-}" "$@"
+  fp_stop_service "$FP_DATA_DIR" mailpit "$(mailpit_pid_marker "$FP_DATA_DIR")" \
+    "${FP_TIMEOUT:-${MAILPIT_STOP_TIMEOUT:-10}}" "Mailpit"
+}
+
+cmd_status() {
+  local dir pid PREV_SMTP_PORT="" PREV_HTTP_PORT=""
+  fp_parse_data_dir_args status "${MAILPIT_DATA_DIR:-}" "$@"
+  dir="$FP_DATA_DIR"
+  fp_read_env_file "$dir/flatpack-mailpit.env" PREV_
+  if pid="$(mailpit_running_pid "$dir")"; then
+    printf 'MAILPIT_STATUS=running\nMAILPIT_PID=%s\n' "$pid"
+    [[ -z "$PREV_SMTP_PORT" ]] || mailpit_lines "$PREV_SMTP_PORT" "$PREV_HTTP_PORT"
+    if [[ -n "$PREV_SMTP_PORT" ]] && mailpit_ready "$PREV_SMTP_PORT" "$PREV_HTTP_PORT"; then
+      fp_log "Mailpit pid $pid serves (data dir $dir)"
+    else
+      fp_log "Mailpit pid $pid runs but does not answer yet (data dir $dir)"
+    fi
+    return 0
+  fi
+  printf 'MAILPIT_STATUS=stopped\n'
+  [[ -z "$PREV_SMTP_PORT" ]] || mailpit_lines "$PREV_SMTP_PORT" "$PREV_HTTP_PORT"
+  fp_log "no Mailpit runs for data dir $dir"
+  return 3
+}
+
+main() {
+  local cmd="${1:-}"
+  (($#)) && shift
+  case "$cmd" in
+    install) mailpit_install --verbose ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    status) cmd_status "$@" ;;
+    -h | --help | help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) fp_die "unknown command '$cmd' (see --help)" ;;
+  esac
+}
+
+main "$@"
