@@ -284,6 +284,73 @@ pub struct OrderDecision {
     pub decided_at: Option<f64>,
 }
 
+/// Running totals: a message on `analytics_result`, keyed by `day`.
+///
+/// `total_revenue` and `total_orders_count` are the seed's all-time figures (confirmed
+/// orders only); everything else is ours. Each message carries the complete figures as of
+/// `seq` decisions counted, so the latest message (highest `seq`) holds the current totals
+/// and the latest message of a day holds that day's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalyticsResult {
+    /// All-time revenue of confirmed orders, as a JSON number (the seed's field).
+    #[serde(
+        serialize_with = "serialize_decimal_as_number",
+        deserialize_with = "deserialize_decimal"
+    )]
+    pub total_revenue: Decimal,
+    /// All-time count of confirmed orders (the seed's field).
+    pub total_orders_count: u64,
+    /// `total_revenue` exactly, as a decimal string: a JSON number read as a double is only
+    /// exact up to 15 significant digits.
+    #[serde(default, deserialize_with = "deserialize_decimal")]
+    pub total_revenue_exact: Decimal,
+    /// All-time count of declined orders.
+    #[serde(default)]
+    pub total_declined_count: u64,
+    /// The UTC day (`YYYY-MM-DD`) of the orders' `time` these day figures are for.
+    #[serde(default)]
+    pub day: String,
+    #[serde(
+        default,
+        serialize_with = "serialize_decimal_as_number",
+        deserialize_with = "deserialize_decimal"
+    )]
+    pub day_revenue: Decimal,
+    #[serde(default)]
+    pub day_orders_count: u64,
+    #[serde(default)]
+    pub day_declined_count: u64,
+    /// How many decisions (confirmed and declined) all figures include; grows with every one.
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default)]
+    pub schema: u32,
+}
+
+/// Reads a decimal from a JSON number or a decimal string.
+pub fn deserialize_decimal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+    struct DecimalVisitor;
+    impl Visitor<'_> for DecimalVisitor {
+        type Value = Decimal;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a decimal number or string")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Decimal, E> {
+            Ok(Decimal::from(v))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Decimal, E> {
+            Decimal::from_str_exact(&v.to_string()).map_err(E::custom)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Decimal, E> {
+            Decimal::from_str_exact(v.trim()).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_any(DecimalVisitor)
+}
+
 /// Why a message or request body could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError {
@@ -420,6 +487,35 @@ mod tests {
         let value = serde_json::to_value(&declined).unwrap();
         assert_eq!(value["status"], json!("declined"));
         assert_eq!(value["reason"], json!("card declined"));
+    }
+
+    #[test]
+    fn seed_analytics_result_decodes_and_ours_keeps_the_seed_fields_as_numbers() {
+        let seed: AnalyticsResult =
+            serde_json::from_str(r#"{"total_revenue": 1049, "total_orders_count": 3}"#).unwrap();
+        assert_eq!(seed.total_revenue, Decimal::from(1049));
+        assert_eq!(seed.total_orders_count, 3);
+        assert_eq!(seed.schema, 0);
+
+        let ours = AnalyticsResult {
+            total_revenue: "1049.97".parse().unwrap(),
+            total_revenue_exact: "1049.97".parse().unwrap(),
+            total_orders_count: 3,
+            total_declined_count: 1,
+            day: "2026-11-24".into(),
+            day_revenue: "49.99".parse().unwrap(),
+            day_orders_count: 1,
+            day_declined_count: 0,
+            seq: 4,
+            schema: SCHEMA_VERSION,
+        };
+        let value = serde_json::to_value(&ours).unwrap();
+        assert_eq!(value["total_revenue"], json!(1049.97));
+        assert_eq!(value["total_orders_count"], json!(3));
+        assert_eq!(value["total_revenue_exact"], json!("1049.97"));
+        assert_eq!(value["day_revenue"], json!(49.99));
+        let back: AnalyticsResult = serde_json::from_value(value).unwrap();
+        assert_eq!(back, ours);
     }
 
     #[test]

@@ -9,6 +9,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
 
-pub use events::{DecisionStatus, Email, Id, Money, Order, OrderDecision, OrderDetails};
+pub use events::{AnalyticsResult, DecisionStatus, Email, Id, Money, Order, OrderDecision, OrderDetails};
 pub use settings::KafkaSettings;
 pub use topics::{Topic, Topics};
