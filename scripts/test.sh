@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every flatpack check and test: formatting, lints, unit tests, and the system tests
+# against a real Apache Kafka broker and a real Mailpit SMTP server.
+#
+# Kafka is started here from the Apache Kafka jars (scripts/kafka.sh) unless
+# KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
+# MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit.
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh transactions`).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+cd "$root"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-test.XXXXXX")
+started_kafka=""
+started_mailpit=""
+cleanup() {
+  local status=$?
+  if [ -n "$started_kafka" ]; then
+    "$here/kafka.sh" stop --data-dir "$work/kafka" || true
+  fi
+  if [ -n "$started_mailpit" ]; then
+    "$here/mailpit.sh" stop --data-dir "$work/mailpit" || true
+  fi
+  if [ "$status" -ne 0 ]; then
+    echo "test.sh: failed; broker and Mailpit logs kept in $work" >&2
+  else
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Exports each KEY=VALUE line a start script prints.
+export_lines() {
+  local line
+  while IFS= read -r line; do
+    [[ "$line" == *=* ]] && export "${line?}"
+  done <<< "$1"
+}
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  step "installing rustfmt and clippy"
+  rustup component add rustfmt clippy
+fi
+
+step "formatting"
+cargo fmt --all --check
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  step "starting Apache Kafka from the Maven Central jars"
+  out=$("$here/kafka.sh" start --data-dir "$work/kafka")
+  started_kafka=1
+  export_lines "$out"
+fi
+echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
+
+if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
+  step "starting Mailpit"
+  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit")
+  started_mailpit=1
+  export_lines "$out"
+fi
+echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
+
+step "building the service binaries (the system tests start them as processes)"
+cargo build --workspace --bins --locked
+
+step "tests"
+cargo test --workspace --locked "$@"
