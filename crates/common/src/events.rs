@@ -256,6 +256,7 @@ pub struct Order {
     pub user_email: Email,
     pub order_details: OrderDetails,
     /// When the order was accepted, in seconds since the Unix epoch (the seed's `time.time()`).
+    #[serde(deserialize_with = "deserialize_epoch_seconds")]
     pub time: f64,
     /// Version of our additions; `0` for a message written by the seed.
     #[serde(default)]
@@ -328,7 +329,9 @@ pub struct AnalyticsResult {
 }
 
 /// Reads a decimal from a JSON number or a decimal string.
-pub fn deserialize_decimal<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+pub fn deserialize_decimal<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Decimal, D::Error> {
     struct DecimalVisitor;
     impl Visitor<'_> for DecimalVisitor {
         type Value = Decimal;
@@ -411,6 +414,28 @@ fn describe_decode_error(err: serde_path_to_error::Error<serde_json::Error>) -> 
         problem,
         syntax,
     }
+}
+
+/// Latest accepted timestamp: the last second of year 9999.
+const MAX_EPOCH_SECONDS: f64 = 253_402_300_799.0;
+
+fn deserialize_epoch_seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let seconds = f64::deserialize(deserializer)?;
+    if !(0.0..=MAX_EPOCH_SECONDS).contains(&seconds) {
+        return Err(de::Error::custom(
+            "must be seconds since the Unix epoch between 1970 and 9999",
+        ));
+    }
+    Ok(seconds)
+}
+
+/// The UTC calendar day (`YYYY-MM-DD`) of a timestamp in seconds since the Unix epoch.
+pub fn utc_day(epoch_seconds: f64) -> String {
+    // Truncation is intended: the day of 12:00:00.9 is the day of 12:00:00.
+    let seconds = epoch_seconds.clamp(0.0, MAX_EPOCH_SECONDS) as i64;
+    chrono::DateTime::from_timestamp(seconds, 0)
+        .map(|t| t.date_naive().to_string())
+        .unwrap_or_default()
 }
 
 /// Seconds since the Unix epoch, as the seed's `time.time()` gives them.
@@ -560,6 +585,16 @@ mod tests {
         assert!(serde_json::from_str::<Id>(&format!("\"{}\"", "x".repeat(129))).is_err());
         assert!(serde_json::from_str::<Id>("18446744073709551615").is_err());
         assert_eq!(serde_json::from_str::<Id>("-3").unwrap(), Id::Int(-3));
+    }
+
+    #[test]
+    fn times_outside_the_calendar_are_rejected_and_days_are_utc() {
+        let with_time = |t: &str| SEED_ORDER.replace("1700000000.123456", t);
+        assert!(serde_json::from_str::<Order>(&with_time("-1")).is_err());
+        assert!(serde_json::from_str::<Order>(&with_time("1e300")).is_err());
+        assert!(serde_json::from_str::<Order>(&with_time("\"noon\"")).is_err());
+        assert_eq!(utc_day(1_700_000_000.9), "2023-11-14");
+        assert_eq!(utc_day(0.0), "1970-01-01");
     }
 
     #[test]

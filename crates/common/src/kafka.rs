@@ -21,6 +21,7 @@ use rdkafka::{TopicPartitionList, consumer::Consumer};
 use tracing::{debug, error, info, warn};
 
 use crate::settings::KafkaSettings;
+use crate::topics::Topic;
 
 /// How long admin requests (topic creation, metadata) may take before start-up gives up.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -49,6 +50,10 @@ impl ClientContext for FlatpackContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(error, KafkaError::PartitionEOF(_)) {
+            // Asked for (enable.partition.eof) by readers that read to the end; not a fault.
+            return;
+        }
         // Connection failures are retried by librdkafka and reported once per outage.
         warn!(client = self.client, cause = %error, "{reason}");
     }
@@ -204,14 +209,22 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
     let admin: AdminClient<DefaultClientContext> = base_config(settings)
         .create()
         .context("creating Kafka admin client")?;
+    // analytics_result holds the current totals as the latest record per day: compaction
+    // keeps exactly those forever, where time-based retention would lose them.
+    let compacted = settings.topics().name(Topic::AnalyticsResult);
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
-            )
+            );
+            if *name == compacted {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
@@ -241,6 +254,30 @@ pub fn broker_answers<C: ClientContext>(
     timeout: Duration,
 ) -> bool {
     client.fetch_metadata(Some(topic), timeout).is_ok()
+}
+
+/// Assigns every partition of `topic` to `consumer`, each at the group's committed offset
+/// (or where `auto.offset.reset` says when there is none).
+pub fn assign_all_at_committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Stored)?;
+    }
+    if assignment.count() == 0 {
+        bail!("topic {topic} has no partitions");
+    }
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning the partitions of {topic}"))?;
+    info!(partitions = %describe(&assignment), "partitions assigned");
+    Ok(())
 }
 
 /// Seeks every assigned partition back to its committed offset (or the beginning when the

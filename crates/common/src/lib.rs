@@ -9,6 +9,8 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
 
-pub use events::{AnalyticsResult, DecisionStatus, Email, Id, Money, Order, OrderDecision, OrderDetails};
+pub use events::{
+    AnalyticsResult, DecisionStatus, Email, Id, Money, Order, OrderDecision, OrderDetails,
+};
 pub use settings::KafkaSettings;
 pub use topics::{Topic, Topics};

@@ -59,6 +59,12 @@ pub trait Transform: Send + 'static {
     /// Turns one input into the records to write (none, one or several).
     fn apply(&mut self, input: Self::Input, out: &mut Vec<Output>);
 
+    /// Called once the producer owns its transactional id (any former owner is fenced and
+    /// its open transaction aborted), before the first message: load state kept outside.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
     /// The transaction holding everything applied since the last commit or abort committed.
     fn committed(&mut self) {}
 
@@ -80,6 +86,23 @@ pub fn decode<T: DeserializeOwned>(payload: Option<&[u8]>) -> Result<T, DecodeEr
     }
 }
 
+/// How the instances of a service share the source topic's partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The consumer group splits the partitions among the running instances, each with its
+    /// own transactional id (stateless services: transactions).
+    Group,
+    /// One instance reads every partition; all instances share one transactional id, so the
+    /// latest to start fences the others, whose loop ends with [`Fenced`] (services whose
+    /// state spans all partitions: analytics).
+    Exclusive,
+}
+
+/// The loop ended because another instance took over the transactional id.
+#[derive(Debug, thiserror::Error)]
+#[error("fenced: another instance took over transactional id {0}")]
+pub struct Fenced(pub String);
+
 /// How one exactly-once loop runs.
 #[derive(Debug, Clone)]
 pub struct ExactlyOnceConfig {
@@ -91,6 +114,7 @@ pub struct ExactlyOnceConfig {
     pub group_id: String,
     /// Stable per instance across restarts (see [`kafka::transactional_producer`]).
     pub transactional_id: String,
+    pub membership: Membership,
     /// Most messages per transaction.
     pub max_batch: usize,
     /// How long to wait for a batch to fill once its first message arrived.
@@ -113,14 +137,17 @@ pub fn run_exactly_once<T: Transform>(
     let topics = settings.topics();
     let source = topics.name(config.source);
     let dlq = topics.dlq(config.source);
-    // Static membership under the instance's stable id: a restarted instance takes its
-    // partitions back at once instead of waiting for the group to expire its former self.
-    let consumer = kafka::consumer_with(
-        settings,
-        config.service,
-        &config.group_id,
-        &[("group.instance.id", &config.transactional_id)],
-    )?;
+    let consumer = match config.membership {
+        // Static membership under the instance's stable id: a restarted instance takes its
+        // partitions back at once instead of waiting for the group to expire its former self.
+        Membership::Group => kafka::consumer_with(
+            settings,
+            config.service,
+            &config.group_id,
+            &[("group.instance.id", &config.transactional_id)],
+        )?,
+        Membership::Exclusive => kafka::consumer(settings, config.service, &config.group_id)?,
+    };
     let producer = kafka::transactional_producer(
         settings,
         config.service,
@@ -129,10 +156,17 @@ pub fn run_exactly_once<T: Transform>(
     )?;
     producer
         .init_transactions(TXN_CALL_TIMEOUT)
+        .map_err(|err| fenced_or(err, &config.transactional_id))
         .with_context(|| format!("initialising transactions as {}", config.transactional_id))?;
-    consumer
-        .subscribe(&[&source])
-        .with_context(|| format!("subscribing to {source}"))?;
+    transform.restore().context("restoring state")?;
+    match config.membership {
+        Membership::Group => consumer
+            .subscribe(&[&source])
+            .with_context(|| format!("subscribing to {source}"))?,
+        Membership::Exclusive => {
+            kafka::assign_all_at_committed(&consumer, &source, TXN_CALL_TIMEOUT)?;
+        }
+    }
     info!(service = config.service, topic = %source, group = %config.group_id, "consuming exactly once");
 
     let mut batch = Vec::with_capacity(config.max_batch);
@@ -158,6 +192,14 @@ pub fn run_exactly_once<T: Transform>(
                 debug!(service = config.service, messages = batch.len(), elapsed = ?started.elapsed(), "transaction committed");
             }
             Err(err) if is_fatal(&err) => {
+                let err = fenced_or(err, &config.transactional_id);
+                if err.is::<Fenced>() {
+                    warn!(
+                        service = config.service,
+                        "another instance took over; stopping this loop"
+                    );
+                    return Err(err);
+                }
                 error!(service = config.service, cause = %err, "fatal Kafka error; stopping");
                 return Err(err).context("exactly-once loop stopped by a fatal Kafka error");
             }
@@ -347,6 +389,22 @@ fn recover(
     }
     kafka::rewind_to_committed(consumer, TXN_CALL_TIMEOUT)
         .context("rewinding to the committed offsets after an abort")
+}
+
+/// [`Fenced`] when `err` says another producer took over the transactional id.
+fn fenced_or(err: KafkaError, transactional_id: &str) -> anyhow::Error {
+    let code = match &err {
+        KafkaError::Transaction(e) => Some(e.code()),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
+        Some(
+            RDKafkaErrorCode::Fenced
+            | RDKafkaErrorCode::ProducerFenced
+            | RDKafkaErrorCode::InvalidProducerEpoch,
+        ) => Fenced(transactional_id.to_owned()).into(),
+        _ => err.into(),
+    }
 }
 
 fn is_fatal(err: &KafkaError) -> bool {

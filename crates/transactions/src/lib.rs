@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
-use common::pipeline::{ExactlyOnceConfig, Output, Transform, run_exactly_once};
+use common::pipeline::{ExactlyOnceConfig, Membership, Output, Transform, run_exactly_once};
 use common::{KafkaSettings, Topic, kafka};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -159,6 +159,7 @@ pub async fn run<P: PaymentCheck>(
     let config = ExactlyOnceConfig {
         service: "transactions",
         source: Topic::OrderDetails,
+        membership: Membership::Group,
         group_id: topics.scoped("transactions"),
         transactional_id: topics.scoped(&format!("transactions-{}", settings.instance_id)),
         max_batch: settings.max_batch,
@@ -167,6 +168,8 @@ pub async fn run<P: PaymentCheck>(
     };
     let transform = Decide::new(check, topics.name(Topic::OrderConfirmed));
     let stop = CancellationToken::new();
+    // Dropping this future (a runtime shutting down) stops the loop as well.
+    let _stop_on_drop = stop.clone().drop_guard();
     let worker_stop = stop.clone();
     let mut worker = tokio::task::spawn_blocking(move || {
         run_exactly_once(&kafka_settings, &config, transform, &worker_stop)

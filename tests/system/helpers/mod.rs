@@ -5,7 +5,7 @@ pub mod broker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::KafkaSettings;
@@ -359,7 +359,7 @@ impl ServiceProcess {
         let child = Command::new(binary(name))
             .envs(vars.iter().cloned())
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(file.try_clone().expect("service log file"))
             .stderr(file)
             .spawn()
             .expect("starting the service binary");
@@ -421,7 +421,10 @@ pub fn order_body(order_id: u64, price: &str) -> serde_json::Value {
 /// Posts `bodies` to the API with `concurrency` requests in flight; returns the statuses.
 pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: usize) -> Vec<u16> {
     use futures::StreamExt;
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
     futures::stream::iter(bodies)
         .map(|body| {
             let client = client.clone();
@@ -439,4 +442,17 @@ pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: us
         .buffer_unordered(concurrency)
         .collect()
         .await
+}
+
+/// Starts the analytics service in this process.
+pub fn spawn_analytics(env: &TestEnv) -> InProcess {
+    let settings = analytics::AnalyticsSettings::from_vars(Vec::new()).expect("analytics settings");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(analytics::run(env.kafka.clone(), settings, async {
+        let _ = stopped.await;
+    }));
+    InProcess {
+        stop: Some(stop),
+        task,
+    }
 }

@@ -1,0 +1,278 @@
+//! The analytics service: exact running totals of the decided orders.
+//!
+//! Reads `order_confirmed` and, for every decision, writes to `analytics_result` (keyed by the
+//! order's UTC day) the seed's all-time `total_revenue` and `total_orders_count` plus that
+//! day's revenue, orders and declines, all in exact decimal arithmetic and in the same Kafka
+//! transaction as the consumer offsets.
+//!
+//! The totals span every partition of `order_confirmed`, so one instance at a time counts:
+//! all instances share one transactional id, the latest to start fences the others, and a
+//! fenced instance stands by, taking over when the active one stops making progress. On every
+//! takeover the totals are restored from `analytics_result` itself (compacted, so it keeps the
+//! latest result of each day), which was committed together with the offsets: the totals
+//! are exactly those of the decisions before the committed offsets, never reset to zero.
+
+mod standby;
+pub mod totals;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::events::AnalyticsResult;
+use common::pipeline::{
+    ExactlyOnceConfig, Fenced, Membership, Output, Transform, decode, run_exactly_once,
+};
+use common::{KafkaSettings, OrderDecision, Topic, kafka};
+use rdkafka::Offset;
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaErrorCode;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::totals::Totals;
+
+/// The analytics service's own settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AnalyticsSettings {
+    /// `ANALYTICS_MAX_BATCH`: most decisions counted in one Kafka transaction.
+    #[serde(rename = "analytics_max_batch", default = "default_max_batch")]
+    pub max_batch: usize,
+    /// `ANALYTICS_BATCH_WAIT_MS`: how long a batch may wait to fill.
+    #[serde(rename = "analytics_batch_wait_ms", default = "default_batch_wait")]
+    pub batch_wait_ms: u64,
+    /// `ANALYTICS_TXN_TIMEOUT_MS`: after this long the broker aborts the open transaction of
+    /// an instance that vanished.
+    #[serde(rename = "analytics_txn_timeout_ms", default = "default_txn_timeout")]
+    pub txn_timeout_ms: u64,
+    /// `ANALYTICS_TAKEOVER_AFTER_MS`: a standby takes over when new decisions wait this long
+    /// without the active instance committing any.
+    #[serde(rename = "analytics_takeover_after_ms", default = "default_takeover")]
+    pub takeover_after_ms: u64,
+}
+
+fn default_max_batch() -> usize {
+    500
+}
+fn default_batch_wait() -> u64 {
+    10
+}
+fn default_txn_timeout() -> u64 {
+    10_000
+}
+fn default_takeover() -> u64 {
+    10_000
+}
+
+impl AnalyticsSettings {
+    pub fn from_env() -> Result<Self, common::settings::SettingsError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, common::settings::SettingsError> {
+        use common::settings::SettingsError;
+        let settings: Self = common::settings::from_vars(vars)?;
+        if !(1..=100_000).contains(&settings.max_batch) {
+            return Err(SettingsError::new(
+                "ANALYTICS_MAX_BATCH",
+                "must be between 1 and 100000",
+            ));
+        }
+        if settings.batch_wait_ms > 10_000 {
+            return Err(SettingsError::new(
+                "ANALYTICS_BATCH_WAIT_MS",
+                "must be at most 10000",
+            ));
+        }
+        if !(1_000..=900_000).contains(&settings.txn_timeout_ms) {
+            return Err(SettingsError::new(
+                "ANALYTICS_TXN_TIMEOUT_MS",
+                "must be between 1000 and 900000",
+            ));
+        }
+        if !(500..=3_600_000).contains(&settings.takeover_after_ms) {
+            return Err(SettingsError::new(
+                "ANALYTICS_TAKEOVER_AFTER_MS",
+                "must be between 500 and 3600000",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// Counts decisions into [`Totals`] and publishes the result of each.
+struct Count {
+    kafka: KafkaSettings,
+    output_topic: String,
+    totals: Totals,
+    /// The totals as of the last committed transaction, to fall back to on an abort.
+    committed: Totals,
+}
+
+impl Transform for Count {
+    type Input = OrderDecision;
+
+    fn restore(&mut self) -> anyhow::Result<()> {
+        self.totals = read_totals(&self.kafka, &self.output_topic)?;
+        self.committed = self.totals.clone();
+        info!(
+            seq = self.totals.seq,
+            orders = self.totals.orders,
+            declined = self.totals.declined,
+            revenue = %self.totals.revenue,
+            days = self.totals.days.len(),
+            "totals restored from {}", self.output_topic
+        );
+        Ok(())
+    }
+
+    fn apply(&mut self, decision: OrderDecision, out: &mut Vec<Output>) {
+        let result = self.totals.count(&decision);
+        match serde_json::to_vec(&result) {
+            Ok(payload) => out.push(Output {
+                topic: self.output_topic.clone(),
+                key: result.day,
+                payload,
+            }),
+            Err(err) => warn!(cause = %err, "result could not be serialised"),
+        }
+    }
+
+    fn committed(&mut self) {
+        self.committed.clone_from(&self.totals);
+    }
+
+    fn aborted(&mut self) {
+        self.totals.clone_from(&self.committed);
+    }
+}
+
+/// Reads every committed result in `topic` to the end and rebuilds the totals from them.
+pub fn read_totals(kafka_settings: &KafkaSettings, topic: &str) -> anyhow::Result<Totals> {
+    const TIMEOUT: Duration = Duration::from_secs(30);
+    let consumer = kafka::consumer_with(
+        kafka_settings,
+        "analytics-restore",
+        &kafka_settings.topics().scoped("analytics-restore"),
+        &[("enable.partition.eof", "true")],
+    )?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+    }
+    let mut open = assignment.count();
+    consumer.assign(&assignment)?;
+    let mut totals = Totals::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while open > 0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{topic} was not read to its end within 300 s"
+        );
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => match decode::<AnalyticsResult>(message.payload()) {
+                Ok(result) => totals.absorb(&result),
+                Err(err) => warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    cause = %err,
+                    "skipping an unreadable result while restoring"
+                ),
+            },
+            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
+            Some(Err(err)) if is_transient(&err) => warn!(cause = %err, "restore read error"),
+            Some(Err(err)) => return Err(err).context("reading results to restore the totals"),
+            None => {}
+        }
+    }
+    Ok(totals)
+}
+
+fn is_transient(err: &KafkaError) -> bool {
+    !matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// Counts decisions until `shutdown` completes; stands by while another instance counts.
+pub async fn run(
+    kafka_settings: KafkaSettings,
+    settings: AnalyticsSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let topics = kafka_settings.topics();
+    kafka::ensure_topics(
+        &kafka_settings,
+        &[
+            topics.name(Topic::OrderConfirmed),
+            topics.name(Topic::AnalyticsResult),
+            topics.dlq(Topic::OrderConfirmed),
+        ],
+    )
+    .await?;
+    let stop = CancellationToken::new();
+    // Dropping this future (a runtime shutting down) stops the loop as well.
+    let _stop_on_drop = stop.clone().drop_guard();
+    let worker_stop = stop.clone();
+    let mut worker =
+        tokio::task::spawn_blocking(move || work(&kafka_settings, &settings, &worker_stop));
+    tokio::select! {
+        result = &mut worker => return result.context("the counting loop panicked")?,
+        () = shutdown => {
+            info!("finishing the open batch");
+            stop.cancel();
+        }
+    }
+    worker.await.context("the counting loop panicked")?
+}
+
+/// Alternates between counting and standing by until `stop`.
+fn work(
+    kafka_settings: &KafkaSettings,
+    settings: &AnalyticsSettings,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let topics = kafka_settings.topics();
+    let config = ExactlyOnceConfig {
+        service: "analytics",
+        source: Topic::OrderConfirmed,
+        membership: Membership::Exclusive,
+        group_id: topics.scoped("analytics"),
+        transactional_id: topics.scoped("analytics"),
+        max_batch: settings.max_batch,
+        max_batch_wait: Duration::from_millis(settings.batch_wait_ms),
+        transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
+    };
+    loop {
+        let count = Count {
+            kafka: kafka_settings.clone(),
+            output_topic: topics.name(Topic::AnalyticsResult),
+            totals: Totals::default(),
+            committed: Totals::default(),
+        };
+        match run_exactly_once(kafka_settings, &config, count, stop) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.is::<Fenced>() => {
+                info!("another analytics instance is counting; standing by");
+                let takeover = Duration::from_millis(settings.takeover_after_ms);
+                if !standby::wait_for_takeover(kafka_settings, &config, takeover, stop)? {
+                    return Ok(());
+                }
+                info!("the active instance stalled; taking over");
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The analytics service: exact totals, through crashes and with two instances.
+
+use std::time::Duration;
+
+use common::{AnalyticsResult, Topic};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    Record, ServiceProcess, TestEnv, order_body, post_all, spawn_analytics, spawn_orders,
+    spawn_transactions,
+};
+use crate::test_env;
+
+/// Orders `1..=count` with varied prices; every seventh is declined by its payment token.
+fn orders(count: u64) -> Vec<Value> {
+    (1..=count)
+        .map(|id| {
+            let price = format!("{}.{:02}", id % 500, id % 100);
+            let mut body = order_body(id, &price);
+            if id % 7 == 0 {
+                body["order_details"]["payment_token"] = json!("tok_declined");
+            }
+            body
+        })
+        .collect()
+}
+
+/// (exact revenue of the confirmed orders, confirmed count, declined count) of `orders`.
+fn expected(orders: &[Value]) -> (Decimal, u64, u64) {
+    let mut revenue = Decimal::ZERO;
+    let (mut confirmed, mut declined) = (0, 0);
+    for order in orders {
+        if order["order_details"]["payment_token"] == json!("tok_declined") {
+            declined += 1;
+        } else {
+            revenue += order["order_details"]["price"]
+                .to_string()
+                .parse::<Decimal>()
+                .unwrap();
+            confirmed += 1;
+        }
+    }
+    (revenue, confirmed, declined)
+}
+
+fn results(records: &[Record]) -> Vec<AnalyticsResult> {
+    records
+        .iter()
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
+        .collect()
+}
+
+/// Reads `analytics_result` until the result of the `decisions`-th decision is in; returns
+/// all results.
+fn read_results(env: &TestEnv, decisions: u64) -> Vec<AnalyticsResult> {
+    let mut reader = env.reader(&env.topic(Topic::AnalyticsResult));
+    let records = reader
+        .read_until(
+            &format!("the result of decision {decisions}"),
+            Duration::from_secs(180),
+            |records| results(records).iter().any(|r| r.seq >= decisions),
+        )
+        .to_vec();
+    results(&records)
+}
+
+/// The newest result must hold exactly the expected totals, and every decision must have
+/// been counted once: one result per sequence number, none missing, none twice.
+fn assert_exact(results: &[AnalyticsResult], orders: &[Value]) {
+    let (revenue, confirmed, declined) = expected(orders);
+    let count = orders.len() as u64;
+    let mut seqs: Vec<u64> = results.iter().map(|r| r.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (1..=count).collect::<Vec<_>>(),
+        "one result per decision"
+    );
+    let last = results.iter().max_by_key(|r| r.seq).unwrap();
+    assert_eq!(last.total_revenue_exact, revenue);
+    assert_eq!(last.total_revenue, revenue);
+    assert_eq!(last.total_orders_count, confirmed);
+    assert_eq!(last.total_declined_count, declined);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totals_are_the_exact_sum_of_confirmed_prices_with_declines_counted_apart() {
+    let env = test_env!();
+    let api = spawn_orders(&env).await;
+    let transactions = spawn_transactions(&env, "a");
+    let analytics = spawn_analytics(&env);
+
+    let bodies = orders(120);
+    let statuses = post_all(&api.url, bodies.clone(), 8).await;
+    assert!(statuses.iter().all(|s| *s == 200));
+
+    let env2 = env.clone();
+    let all = tokio::task::spawn_blocking(move || read_results(&env2, 120))
+        .await
+        .unwrap();
+    assert_exact(&all, &bodies);
+    let last = all.iter().max_by_key(|r| r.seq).unwrap();
+    // Every order was placed today: the day's figures are the totals.
+    assert_eq!(
+        last.day,
+        common::events::utc_day(common::events::now_epoch_seconds())
+    );
+    assert_eq!(last.day_revenue, last.total_revenue_exact);
+    assert_eq!(last.day_orders_count, last.total_orders_count);
+    assert_eq!(last.day_declined_count, last.total_declined_count);
+
+    // The wire carries the seed's fields as numbers.
+    let mut reader = env.reader(&env.topic(Topic::AnalyticsResult));
+    let raw = reader.read_at_least(1, Duration::from_secs(30))[0].json();
+    assert!(raw["total_revenue"].is_number() && raw["total_orders_count"].is_u64());
+
+    analytics.stop().await.unwrap();
+    transactions.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+fn analytics_vars(env: &TestEnv) -> Vec<(String, String)> {
+    let mut vars = env.service_vars();
+    vars.push(("ANALYTICS_MAX_BATCH".into(), "20".into()));
+    vars.push(("ANALYTICS_TAKEOVER_AFTER_MS".into(), "2000".into()));
+    vars
+}
+
+fn wait_for_results(env: &TestEnv, count: usize) {
+    env.reader(&env.topic(Topic::AnalyticsResult))
+        .wait_for(count, Duration::from_secs(120));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_the_middle_of_a_stream_and_a_restart_keep_the_totals_exact() {
+    let env = test_env!();
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.topic(Topic::AnalyticsResult),
+    ])
+    .await;
+    let api = spawn_orders(&env).await;
+    let transactions = spawn_transactions(&env, "a");
+    let vars = analytics_vars(&env);
+    let mut analytics = ServiceProcess::start("analytics", &vars);
+
+    let bodies = orders(1000);
+    let url = api.url.clone();
+    let posting = {
+        let bodies = bodies.clone();
+        tokio::spawn(async move { post_all(&url, bodies, 16).await })
+    };
+    for round in 1..=2 {
+        let env2 = env.clone();
+        tokio::task::spawn_blocking(move || wait_for_results(&env2, 250 * round))
+            .await
+            .unwrap();
+        assert!(analytics.is_running(), "analytics died on its own");
+        analytics.kill();
+        analytics = ServiceProcess::start("analytics", &vars);
+    }
+    assert!(posting.await.unwrap().iter().all(|s| *s == 200));
+
+    let env2 = env.clone();
+    let all = tokio::task::spawn_blocking(move || read_results(&env2, 1000))
+        .await
+        .unwrap();
+    assert_exact(&all, &bodies);
+
+    assert!(analytics.terminate(Duration::from_secs(30)).success());
+    transactions.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_during_a_stream_keep_the_totals_exact_and_one_takes_over() {
+    let env = test_env!();
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.topic(Topic::AnalyticsResult),
+    ])
+    .await;
+    let api = spawn_orders(&env).await;
+    let transactions = spawn_transactions(&env, "a");
+    let vars = analytics_vars(&env);
+    let mut first = ServiceProcess::start("analytics", &vars);
+
+    let bodies = orders(800);
+    let url = api.url.clone();
+    let posting = {
+        let bodies = bodies.clone();
+        tokio::spawn(async move { post_all(&url, bodies, 16).await })
+    };
+    let env2 = env.clone();
+    tokio::task::spawn_blocking(move || wait_for_results(&env2, 150))
+        .await
+        .unwrap();
+    // A second instance joins mid-stream (it takes over; the first stands by) ...
+    let second = ServiceProcess::start("analytics", &vars);
+    let env2 = env.clone();
+    tokio::task::spawn_blocking(move || wait_for_results(&env2, 400))
+        .await
+        .unwrap();
+    // ... and dies mid-stream: the first must notice and finish the count.
+    second.kill();
+    assert!(posting.await.unwrap().iter().all(|s| *s == 200));
+
+    let env2 = env.clone();
+    let all = tokio::task::spawn_blocking(move || read_results(&env2, 800))
+        .await
+        .unwrap();
+    assert_exact(&all, &bodies);
+    assert!(first.is_running());
+
+    assert!(first.terminate(Duration::from_secs(30)).success());
+    transactions.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
