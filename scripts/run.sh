@@ -12,7 +12,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
 
-services=(orders transactions)
+services=(orders transactions analytics)
 state="$root/.flatpack"
 logs="$state/logs"
 mkdir -p "$logs"
