@@ -1,0 +1,199 @@
+//! HTTP: the page, its live event stream, the JSON API and the probes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use common::events::now_epoch_seconds;
+use common::kafka::{self, FlatpackContext};
+use futures::{Stream, StreamExt};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::reader::Shared;
+use crate::view::View;
+
+const INDEX_HTML: &str = include_str!("assets/index.html");
+const APP_JS: &str = include_str!("assets/app.js");
+const APP_CSS: &str = include_str!("assets/app.css");
+
+/// Everything is served from here and nothing runs inline: no other origin, no inline
+/// script or style, no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+     connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Orders in each live snapshot (the table on the page).
+const PAGE_ORDERS: usize = 50;
+/// Most orders one `GET /api/orders` returns.
+const MAX_LIMIT: usize = 1_000;
+/// Least time between two snapshots on one stream: a burst of messages is one update.
+const THROTTLE: Duration = Duration::from_millis(250);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub shared: Arc<Shared>,
+    /// A consumer to ask the broker for metadata: the readiness probe.
+    pub probe: Arc<BaseConsumer<FlatpackContext>>,
+    pub probe_topic: Arc<str>,
+    /// Cancelled at shutdown: ends the live streams.
+    pub stop: CancellationToken,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("probe_topic", &self.probe_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    fn read<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        let view = self
+            .shared
+            .view
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&view)
+    }
+}
+
+/// The dashboard's routes, with the security headers on every response.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
+        .route("/api/events", get(events))
+        .route("/api/orders", get(orders))
+        .route("/api/orders/{id}", get(order))
+        .route("/api/totals", get(totals))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
+        .layer(middleware::map_response(security_headers))
+        .with_state(state)
+}
+
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+async fn app_css() -> Response {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+async fn order(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+    match state.read(|view| view.order(&id).cloned()) {
+        Some(order) => Json(order).into_response(),
+        None => error(StatusCode::NOT_FOUND, "no such order (yet)"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OrdersQuery {
+    limit: Option<String>,
+}
+
+async fn orders(State(state): State<AppState>, Query(query): Query<OrdersQuery>) -> Response {
+    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
+        None => PAGE_ORDERS,
+        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("limit must be a whole number between 1 and {MAX_LIMIT}"),
+            );
+        }
+    };
+    Json(state.read(|view| view.latest_orders(limit))).into_response()
+}
+
+async fn totals(State(state): State<AppState>) -> Response {
+    Json(state.read(|view| view.totals(now_epoch_seconds()))).into_response()
+}
+
+/// A snapshot at once, then one after every change (at most one per [`THROTTLE`]), until
+/// the client goes away or the service shuts down.
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let changes = state.shared.changed.subscribe();
+    let stop = state.stop.clone();
+    let stream = futures::stream::unfold(
+        (changes, true, state),
+        |(mut changes, first, state)| async move {
+            if !first {
+                changes.changed().await.ok()?;
+                tokio::time::sleep(THROTTLE).await;
+            }
+            changes.borrow_and_update();
+            let snapshot = state.read(|view| view.snapshot(now_epoch_seconds(), PAGE_ORDERS));
+            let event = SseEvent::default()
+                .event("snapshot")
+                .json_data(snapshot)
+                .unwrap_or_else(|_| SseEvent::default().event("error"));
+            Some((Ok(event), (changes, false, state)))
+        },
+    )
+    .take_until(stop.cancelled_owned());
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let caught_up = state.shared.caught_up();
+    let (probe, topic) = (Arc::clone(&state.probe), Arc::clone(&state.probe_topic));
+    let broker = tokio::task::spawn_blocking(move || {
+        kafka::broker_answers(probe.client(), &topic, Duration::from_secs(2))
+    })
+    .await
+    .unwrap_or(false);
+    let body = json!({ "broker": broker, "caught_up": caught_up });
+    if broker && caught_up {
+        Json(body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}

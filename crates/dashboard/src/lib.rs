@@ -1,0 +1,157 @@
+//! The dashboard service: a live web page over all four topics.
+//!
+//! At every start it reads `order_details`, `order_confirmed`, `order_email_sent` and
+//! `analytics_result` from the beginning (`read_committed`, committing nothing) into an
+//! in-memory [`view::View`], and serves it: `GET /` is a page that updates itself over
+//! Server-Sent Events (`GET /api/events`); `GET /api/orders/{id}`, `GET /api/orders` and
+//! `GET /api/totals` give the same figures as JSON; `GET /healthz` says the process runs and
+//! `GET /readyz` that the broker answers and the initial catch-up finished.
+
+mod http;
+mod reader;
+pub mod view;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use common::kafka;
+use common::settings::SettingsError;
+use common::{KafkaSettings, Topic};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use http::router;
+pub use reader::Shared;
+
+/// The dashboard's own settings (the Kafka ones are shared: [`KafkaSettings`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct DashboardSettings {
+    /// `DASHBOARD_HTTP_ADDR`: where the page and API listen.
+    #[serde(rename = "dashboard_http_addr", default = "default_addr")]
+    pub http_addr: SocketAddr,
+    /// `DASHBOARD_MAX_ORDERS`: how many of the latest orders the view keeps in memory.
+    #[serde(rename = "dashboard_max_orders", default = "default_max_orders")]
+    pub max_orders: usize,
+}
+
+fn default_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8000))
+}
+fn default_max_orders() -> usize {
+    10_000
+}
+
+impl DashboardSettings {
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(std::env::vars())
+    }
+
+    pub fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let settings: Self = common::settings::from_vars(vars)?;
+        if !(1..=1_000_000).contains(&settings.max_orders) {
+            return Err(SettingsError::new(
+                "DASHBOARD_MAX_ORDERS",
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// Reads the topics and serves the dashboard on `listener` until `shutdown` completes.
+pub async fn run(
+    kafka_settings: KafkaSettings,
+    settings: DashboardSettings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let topics = kafka_settings.topics();
+    let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
+    kafka::ensure_topics(&kafka_settings, &names).await?;
+
+    let shared = Arc::new(Shared::new(view::View::new(settings.max_orders)));
+    let stop = CancellationToken::new();
+    let mut readers = Vec::new();
+    let mut consumers = Vec::new();
+    for (topic, name) in Topic::ALL.into_iter().zip(names) {
+        let consumer = Arc::new(reader::consumer(&kafka_settings, topic)?);
+        consumers.push(Arc::clone(&consumer));
+        let (shared, stop) = (Arc::clone(&shared), stop.clone());
+        readers.push(tokio::task::spawn_blocking(move || {
+            reader::read_topic(&consumer, topic, &name, &shared, &stop);
+        }));
+    }
+    let state = http::AppState {
+        shared,
+        probe: Arc::clone(&consumers[0]),
+        probe_topic: topics.name(Topic::OrderDetails).into(),
+        stop: stop.clone(),
+    };
+
+    let addr = listener.local_addr().context("reading the bound address")?;
+    info!(%addr, "dashboard listening");
+    let stop_on_shutdown = stop.clone();
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Ends the live streams too, so that graceful shutdown does not wait on them.
+            stop_on_shutdown.cancel();
+        })
+        .await
+        .context("serving HTTP");
+    stop.cancel();
+    for reader in readers {
+        if let Err(err) = reader.await {
+            error!(cause = %err, "a topic reader panicked");
+        }
+    }
+    info!("dashboard stopped");
+    served
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn settings_default_to_port_8000_and_ten_thousand_orders() {
+        let settings = DashboardSettings::from_vars(vars(&[])).unwrap();
+        assert_eq!(settings.http_addr, "0.0.0.0:8000".parse().unwrap());
+        assert_eq!(settings.max_orders, 10_000);
+        let settings = DashboardSettings::from_vars(vars(&[
+            ("DASHBOARD_HTTP_ADDR", "127.0.0.1:9000"),
+            ("DASHBOARD_MAX_ORDERS", "50"),
+        ]))
+        .unwrap();
+        assert_eq!(settings.http_addr.port(), 9000);
+        assert_eq!(settings.max_orders, 50);
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        for (var, value) in [
+            ("DASHBOARD_HTTP_ADDR", "port eight thousand"),
+            ("DASHBOARD_MAX_ORDERS", "many"),
+            ("DASHBOARD_MAX_ORDERS", "0"),
+        ] {
+            let err = DashboardSettings::from_vars(vars(&[(var, value)])).unwrap_err();
+            assert_eq!(err.var, var, "{value}: {err}");
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Starts the dashboard: reads settings, starts logging, binds, and runs until Ctrl-C or
+//! SIGTERM.
+
+use anyhow::Context;
+use common::KafkaSettings;
+use dashboard::DashboardSettings;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    common::telemetry::init("dashboard")?;
+    let kafka = KafkaSettings::from_env()?;
+    let settings = DashboardSettings::from_env()?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("binding {}", settings.http_addr))?;
+    dashboard::run(
+        kafka,
+        settings,
+        listener,
+        common::shutdown::shutdown_signal(),
+    )
+    .await
+}

@@ -1,0 +1,187 @@
+//! Reads the four topics into the [`View`], from the beginning, at every start.
+//!
+//! One blocking thread per topic, each with its own consumer assigned to every partition at
+//! the beginning (no group membership, nothing committed: the dashboard is read-only and
+//! rebuilds its view from the topics). One consumer per topic because librdkafka reports
+//! "end of partition" by partition number only: per topic, the first end of every partition
+//! marks the initial catch-up done. Messages that do not decode are logged and counted, and
+//! reading goes on (there is no dead-letter topic for a reader that writes nothing).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use common::kafka::{self, FlatpackContext};
+use common::{KafkaSettings, Topic};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::view::{Event, View};
+
+/// How long one poll waits, and so how soon a reader notices shutdown.
+const POLL: Duration = Duration::from_millis(200);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the readers and the HTTP handlers share.
+#[derive(Debug)]
+pub struct Shared {
+    pub view: Mutex<View>,
+    /// Bumped after every change of the view; the live page waits on it.
+    pub changed: watch::Sender<u64>,
+    /// Topics whose initial catch-up finished.
+    caught_up: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(view: View) -> Self {
+        Self {
+            view: Mutex::new(view),
+            changed: watch::Sender::new(0),
+            caught_up: AtomicUsize::new(0),
+        }
+    }
+
+    /// Every topic was read up to its end as it was at start.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire) == Topic::ALL.len()
+    }
+
+    fn update(&self, change: impl FnOnce(&mut View)) {
+        // A reader that panicked while holding the lock left a view that is still usable.
+        let mut view = self
+            .view
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut view);
+        drop(view);
+        self.changed.send_modify(|version| *version += 1);
+    }
+}
+
+/// The consumer of one topic. The group id is unique per process and never used to
+/// commit: it only satisfies librdkafka.
+pub fn consumer(
+    settings: &KafkaSettings,
+    topic: Topic,
+) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    let group = settings.topics().scoped(&format!(
+        "dashboard-{}-{}-{}",
+        std::process::id(),
+        common::events::now_epoch_seconds() as u64,
+        topic
+    ));
+    kafka::consumer_with(
+        settings,
+        "dashboard",
+        &group,
+        &[("enable.partition.eof", "true")],
+    )
+}
+
+/// Reads `topic` into `shared` until `stop` is cancelled. Runs on a blocking thread.
+pub fn read_topic(
+    consumer: &BaseConsumer<FlatpackContext>,
+    topic: Topic,
+    name: &str,
+    shared: &Shared,
+    stop: &CancellationToken,
+) {
+    let mut waiting_for_end = loop {
+        match assign_from_beginning(consumer, name) {
+            Ok(partitions) => break partitions,
+            Err(err) => {
+                warn!(
+                    topic = name,
+                    cause = format!("{err:#}"),
+                    "cannot assign yet; retrying"
+                );
+                if wait(stop, Duration::from_secs(1)) {
+                    return;
+                }
+            }
+        }
+    };
+    while !stop.is_cancelled() {
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(message)) => handle(&message, topic, shared),
+            Some(Err(KafkaError::PartitionEOF(partition)))
+                if waiting_for_end.remove(&partition) && waiting_for_end.is_empty() =>
+            {
+                info!(topic = name, "caught up with the topic");
+                shared.caught_up.fetch_add(1, Ordering::AcqRel);
+                shared.changed.send_modify(|version| *version += 1);
+            }
+            // Ends of partitions after the first, or of partitions already at their end.
+            Some(Err(KafkaError::PartitionEOF(_))) => {}
+            // librdkafka retries broker errors by itself; they are worth a line, not a stop.
+            Some(Err(err)) => warn!(topic = name, cause = %err, "reading failed; retrying"),
+        }
+    }
+}
+
+/// Waits up to `pause`; true when `stop` was cancelled meanwhile.
+fn wait(stop: &CancellationToken, pause: Duration) -> bool {
+    let until = std::time::Instant::now() + pause;
+    while std::time::Instant::now() < until {
+        if stop.is_cancelled() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.is_cancelled()
+}
+
+/// Assigns every partition of `name` at its beginning; returns the partition ids.
+fn assign_from_beginning(
+    consumer: &BaseConsumer<FlatpackContext>,
+    name: &str,
+) -> anyhow::Result<HashSet<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(name), METADATA_TIMEOUT)
+        .with_context(|| format!("reading the partitions of {name}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        assignment.add_partition_offset(name, partition.id(), Offset::Beginning)?;
+    }
+    anyhow::ensure!(assignment.count() > 0, "topic {name} has no partitions yet");
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning the partitions of {name}"))?;
+    info!(partitions = %kafka::describe(&assignment), "reading from the beginning");
+    Ok(assignment
+        .elements()
+        .iter()
+        .map(|e| e.partition())
+        .collect())
+}
+
+fn handle(message: &BorrowedMessage<'_>, topic: Topic, shared: &Shared) {
+    // A tombstone (compaction's delete marker) carries nothing to show.
+    let Some(payload) = message.payload() else {
+        return;
+    };
+    match Event::decode(topic, payload) {
+        Ok(event) => {
+            let record_time = message.timestamp().to_millis().map(|ms| ms as f64 / 1000.0);
+            shared.update(|view| view.apply(&event, record_time));
+        }
+        Err(err) => {
+            warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                cause = %err,
+                "skipping a message that does not decode"
+            );
+            shared.update(View::skipped);
+        }
+    }
+}
