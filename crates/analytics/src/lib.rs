@@ -76,32 +76,24 @@ impl AnalyticsSettings {
     pub fn from_vars(
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, common::settings::SettingsError> {
-        use common::settings::SettingsError;
+        use common::settings::check_range;
         let settings: Self = common::settings::from_vars(vars)?;
-        if !(1..=100_000).contains(&settings.max_batch) {
-            return Err(SettingsError::new(
-                "ANALYTICS_MAX_BATCH",
-                "must be between 1 and 100000",
-            ));
-        }
-        if settings.batch_wait_ms > 10_000 {
-            return Err(SettingsError::new(
-                "ANALYTICS_BATCH_WAIT_MS",
-                "must be at most 10000",
-            ));
-        }
-        if !(1_000..=900_000).contains(&settings.txn_timeout_ms) {
-            return Err(SettingsError::new(
-                "ANALYTICS_TXN_TIMEOUT_MS",
-                "must be between 1000 and 900000",
-            ));
-        }
-        if !(500..=3_600_000).contains(&settings.takeover_after_ms) {
-            return Err(SettingsError::new(
-                "ANALYTICS_TAKEOVER_AFTER_MS",
-                "must be between 500 and 3600000",
-            ));
-        }
+        check_range("ANALYTICS_MAX_BATCH", settings.max_batch, 1..=100_000)?;
+        check_range(
+            "ANALYTICS_BATCH_WAIT_MS",
+            settings.batch_wait_ms,
+            0..=10_000,
+        )?;
+        check_range(
+            "ANALYTICS_TXN_TIMEOUT_MS",
+            settings.txn_timeout_ms,
+            1_000..=900_000,
+        )?;
+        check_range(
+            "ANALYTICS_TAKEOVER_AFTER_MS",
+            settings.takeover_after_ms,
+            500..=3_600_000,
+        )?;
         Ok(settings)
     }
 }
@@ -222,20 +214,10 @@ pub async fn run(
         ],
     )
     .await?;
-    let stop = CancellationToken::new();
-    // Dropping this future (a runtime shutting down) stops the loop as well.
-    let _stop_on_drop = stop.clone().drop_guard();
-    let worker_stop = stop.clone();
-    let mut worker =
-        tokio::task::spawn_blocking(move || work(&kafka_settings, &settings, &worker_stop));
-    tokio::select! {
-        result = &mut worker => return result.context("the counting loop panicked")?,
-        () = shutdown => {
-            info!("finishing the open batch");
-            stop.cancel();
-        }
-    }
-    worker.await.context("the counting loop panicked")?
+    common::shutdown::run_blocking_until(shutdown, move |stop| {
+        work(&kafka_settings, &settings, &stop)
+    })
+    .await
 }
 
 /// Alternates between counting and standing by until `stop`.

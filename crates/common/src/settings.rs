@@ -84,6 +84,29 @@ fn describe(err: ConfigError) -> SettingsError {
     }
 }
 
+/// Checks that the setting `var` lies within `range`.
+pub fn check_range<T>(
+    var: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<(), SettingsError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        Ok(())
+    } else {
+        Err(SettingsError::new(
+            var,
+            format!(
+                "must be between {} and {}, found {value}",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
 /// Where the Kafka cluster is and how flatpack's topics are laid out on it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct KafkaSettings {
@@ -141,18 +164,12 @@ impl KafkaSettings {
                 "must name at least one host:port",
             ));
         }
-        if !(1..=10_000).contains(&self.partitions) {
-            return Err(SettingsError::new(
-                "FLATPACK_TOPIC_PARTITIONS",
-                "must be between 1 and 10000",
-            ));
-        }
-        if !(1..=32).contains(&self.replication_factor) {
-            return Err(SettingsError::new(
-                "FLATPACK_TOPIC_REPLICATION_FACTOR",
-                "must be between 1 and 32",
-            ));
-        }
+        check_range("FLATPACK_TOPIC_PARTITIONS", self.partitions, 1..=10_000)?;
+        check_range(
+            "FLATPACK_TOPIC_REPLICATION_FACTOR",
+            self.replication_factor,
+            1..=32,
+        )?;
         if let Some(bad) = self
             .topic_prefix
             .chars()

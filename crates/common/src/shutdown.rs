@@ -31,3 +31,29 @@ pub async fn shutdown_signal() {
         () = terminate => info!("SIGTERM received; shutting down"),
     }
 }
+
+/// Runs the blocking `work` on a thread of its own until it returns, or until `shutdown`
+/// completes: then `work`'s token is cancelled and its own orderly end awaited (it finishes
+/// the open batch and commits). Dropping the returned future cancels the token as well, so
+/// no loop outlives the runtime that started it.
+pub async fn run_blocking_until<F>(
+    shutdown: impl std::future::Future<Output = ()>,
+    work: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(tokio_util::sync::CancellationToken) -> anyhow::Result<()> + Send + 'static,
+{
+    use anyhow::Context;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let _stop_on_drop = stop.clone().drop_guard();
+    let worker_stop = stop.clone();
+    let mut worker = tokio::task::spawn_blocking(move || work(worker_stop));
+    tokio::select! {
+        result = &mut worker => return result.context("the worker thread panicked")?,
+        () = shutdown => {
+            info!("finishing the open batch");
+            stop.cancel();
+        }
+    }
+    worker.await.context("the worker thread panicked")?
+}

@@ -57,19 +57,17 @@ impl OrdersSettings {
     }
 
     fn validate(self) -> Result<Self, common::settings::SettingsError> {
-        use common::settings::SettingsError;
-        if !(100..=120_000).contains(&self.publish_timeout_ms) {
-            return Err(SettingsError::new(
-                "ORDERS_PUBLISH_TIMEOUT_MS",
-                "must be between 100 and 120000",
-            ));
-        }
-        if !(256..=16 * 1024 * 1024).contains(&self.max_body_bytes) {
-            return Err(SettingsError::new(
-                "ORDERS_MAX_BODY_BYTES",
-                "must be between 256 and 16777216",
-            ));
-        }
+        use common::settings::check_range;
+        check_range(
+            "ORDERS_PUBLISH_TIMEOUT_MS",
+            self.publish_timeout_ms,
+            100..=120_000,
+        )?;
+        check_range(
+            "ORDERS_MAX_BODY_BYTES",
+            self.max_body_bytes,
+            256..=16 * 1024 * 1024,
+        )?;
         Ok(self)
     }
 

@@ -10,13 +10,11 @@ pub mod payment;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
 use common::pipeline::{ExactlyOnceConfig, Membership, Output, Transform, run_exactly_once};
 use common::{KafkaSettings, Topic, kafka};
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use payment::{PaymentCheck, RulesCheck, Verdict};
 
@@ -57,7 +55,7 @@ fn default_txn_timeout() -> u64 {
 
 impl TransactionsSettings {
     pub fn from_env() -> Result<Self, common::settings::SettingsError> {
-        use common::settings::SettingsError;
+        use common::settings::{SettingsError, check_range};
         let settings: Self = common::settings::from_env()?;
         if settings.instance_id.trim().is_empty() {
             return Err(SettingsError::new(
@@ -65,24 +63,17 @@ impl TransactionsSettings {
                 "must not be empty",
             ));
         }
-        if !(1..=100_000).contains(&settings.max_batch) {
-            return Err(SettingsError::new(
-                "TRANSACTIONS_MAX_BATCH",
-                "must be between 1 and 100000",
-            ));
-        }
-        if settings.batch_wait_ms > 10_000 {
-            return Err(SettingsError::new(
-                "TRANSACTIONS_BATCH_WAIT_MS",
-                "must be at most 10000",
-            ));
-        }
-        if !(1_000..=900_000).contains(&settings.txn_timeout_ms) {
-            return Err(SettingsError::new(
-                "TRANSACTIONS_TXN_TIMEOUT_MS",
-                "must be between 1000 and 900000",
-            ));
-        }
+        check_range("TRANSACTIONS_MAX_BATCH", settings.max_batch, 1..=100_000)?;
+        check_range(
+            "TRANSACTIONS_BATCH_WAIT_MS",
+            settings.batch_wait_ms,
+            0..=10_000,
+        )?;
+        check_range(
+            "TRANSACTIONS_TXN_TIMEOUT_MS",
+            settings.txn_timeout_ms,
+            1_000..=900_000,
+        )?;
         Ok(settings)
     }
 }
@@ -167,19 +158,8 @@ pub async fn run<P: PaymentCheck>(
         transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
     };
     let transform = Decide::new(check, topics.name(Topic::OrderConfirmed));
-    let stop = CancellationToken::new();
-    // Dropping this future (a runtime shutting down) stops the loop as well.
-    let _stop_on_drop = stop.clone().drop_guard();
-    let worker_stop = stop.clone();
-    let mut worker = tokio::task::spawn_blocking(move || {
-        run_exactly_once(&kafka_settings, &config, transform, &worker_stop)
-    });
-    tokio::select! {
-        result = &mut worker => return result.context("the decision loop panicked")?,
-        () = shutdown => {
-            info!("finishing the open batch");
-            stop.cancel();
-        }
-    }
-    worker.await.context("the decision loop panicked")?
+    common::shutdown::run_blocking_until(shutdown, move |stop| {
+        run_exactly_once(&kafka_settings, &config, transform, &stop)
+    })
+    .await
 }
