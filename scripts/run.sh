@@ -5,6 +5,7 @@
 #
 # Kafka keeps its data in .flatpack/kafka, so orders and totals survive a restart.
 # Environment: KAFKA_PORT (default 9092), ORDERS_HTTP_ADDR (default 127.0.0.1:5002),
+# DASHBOARD_HTTP_ADDR (default 127.0.0.1:8000),
 # FLATPACK_PROFILE (dev or release, default dev), plus any setting the services read.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
 
-services=(orders transactions analytics)
+services=(orders transactions analytics dashboard)
 state="$root/.flatpack"
 logs="$state/logs"
 mkdir -p "$logs"
@@ -55,6 +56,7 @@ export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit")"
 smtp_port=${MAILPIT_SMTP##*:}
 export SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}
+export DASHBOARD_HTTP_ADDR=${DASHBOARD_HTTP_ADDR:-127.0.0.1:8000}
 
 for service in "${services[@]}"; do
   "$target_dir/$service" >"$logs/$service.log" 2>&1 &
@@ -71,6 +73,7 @@ cat <<TXT
 
 flatpack is running.
   Orders API   http://$ORDERS_HTTP_ADDR/order   (POST; health: /healthz, /readyz)
+  Dashboard    http://$DASHBOARD_HTTP_ADDR/
   Mailpit UI   $MAILPIT_HTTP
   Kafka        $KAFKA_BOOTSTRAP_SERVERS
   Logs         $logs/<service>.log

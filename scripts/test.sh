@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every flatpack check and test: formatting, lints, unit tests, and the system tests
-# against a real Apache Kafka broker and a real Mailpit SMTP server.
+# against a real Apache Kafka broker, a real Mailpit SMTP server and a real headless Chromium.
 #
 # Kafka is started here from the Apache Kafka jars (scripts/kafka.sh) unless
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
-# MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit.
+# MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Debian's chromium
+# is installed (scripts/chromium.sh) unless CHROMIUM names a browser.
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh transactions`).
 set -euo pipefail
 
@@ -69,6 +70,13 @@ if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   export_lines "$out"
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
+
+if [ -z "${CHROMIUM:-}" ]; then
+  step "Chromium for the dashboard's browser test"
+  out=$("$here/chromium.sh")
+  export_lines "$out"
+fi
+echo "Chromium: $CHROMIUM" >&2
 
 step "building the service binaries (the system tests start them as processes)"
 cargo build --workspace --bins --locked

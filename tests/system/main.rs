@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod dashboard;
 mod helpers;
 mod orders_api;
 mod transactions;

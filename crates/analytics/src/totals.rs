@@ -110,7 +110,7 @@ mod tests {
         totals.count(&decision(1, "0.10", DAY1, "confirmed"));
         totals.count(&decision(2, "0.20", DAY1, "confirmed"));
         let last = totals.count(&decision(3, "99", DAY1, "declined"));
-        assert_eq!(last.total_revenue_exact.to_string(), "0.30");
+        assert_eq!(last.total_revenue_exact, "0.30".parse::<Decimal>().unwrap());
         assert_eq!(last.total_orders_count, 2);
         assert_eq!(last.total_declined_count, 1);
         assert_eq!(last.day, "2023-11-14");
