@@ -9,6 +9,7 @@
 mod analytics;
 mod dashboard;
 mod helpers;
+mod loadgen;
 mod orders_api;
 mod transactions;
 

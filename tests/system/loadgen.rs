@@ -1,0 +1,124 @@
+//! The load generator's own checks: it must notice a lost or duplicated order.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use common::Topic;
+use loadgen::{Config, Stage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::helpers::{TestEnv, spawn_analytics, spawn_orders, spawn_transactions};
+use crate::test_env;
+
+fn config(url: String, orders: u64, follow: Vec<Stage>) -> Config {
+    Config {
+        url,
+        orders,
+        rate: None,
+        concurrency: 8,
+        price: "19.99".parse().unwrap(),
+        follow,
+        settle_timeout: Duration::from_secs(10),
+        run_id: format!("run{:08x}", rand::random::<u32>()),
+    }
+}
+
+/// A faulty "orders + transactions": accepts every order, but never decides every fifth
+/// and decides order 7 twice.
+async fn faulty_pipeline(env: &TestEnv) -> String {
+    let topic = env.topic(Topic::OrderConfirmed);
+    env.create_topics(std::slice::from_ref(&topic)).await;
+    let producer = env.producer();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    async fn accept(
+        State((producer, topic)): State<(FutureProducer, String)>,
+        Json(order): Json<serde_json::Value>,
+    ) -> Json<serde_json::Value> {
+        let n = order["user_id"].as_u64().unwrap();
+        let id = order["order_id"].as_str().unwrap().to_owned();
+        let copies = match n {
+            _ if n % 5 == 0 => 0,
+            7 => 2,
+            _ => 1,
+        };
+        for _ in 0..copies {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .key(&id)
+                        .payload(&order.to_string()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        Json(order)
+    }
+    let app = axum::Router::new()
+        .route("/order", axum::routing::post(accept))
+        .with_state((producer, topic));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_reports_every_lost_and_duplicated_order() {
+    let env = test_env!();
+    let url = faulty_pipeline(&env).await;
+    let config = config(url, 20, vec![Stage::OrderConfirmed]);
+
+    let report = loadgen::run(&config, &env.kafka).await.unwrap();
+
+    assert_eq!(report.accepted, 20);
+    let stage = &report.stages[0];
+    let id = |n: u64| format!("{}-{n}", config.run_id);
+    let mut lost: Vec<String> = [5, 10, 15, 20].into_iter().map(id).collect();
+    lost.sort();
+    assert_eq!(stage.lost, lost);
+    assert_eq!(stage.duplicated, vec![id(7)]);
+    assert_eq!(stage.seen, 16);
+    assert!(!report.is_clean());
+    assert!(report.summary().contains("LOST 4"), "{}", report.summary());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_finds_a_healthy_pipeline_clean_with_exact_totals() {
+    let env = test_env!();
+    let api = spawn_orders(&env).await;
+    let transactions = spawn_transactions(&env, "a");
+    let analytics = spawn_analytics(&env);
+    // Analytics creates its topic at start; wait for it before following it.
+    env.create_topics(&[
+        env.topic(Topic::AnalyticsResult),
+        env.topic(Topic::OrderConfirmed),
+    ])
+    .await;
+    let config = config(
+        api.url.clone(),
+        200,
+        vec![Stage::OrderConfirmed, Stage::AnalyticsResult],
+    );
+
+    let report = loadgen::run(&config, &env.kafka).await.unwrap();
+
+    assert!(report.is_clean(), "{}", report.summary());
+    assert_eq!(report.accepted, 200);
+    assert_eq!(report.stages[0].seen, 200);
+    assert_eq!(report.post_latency.count, 200);
+    let analytics_check = report.analytics.as_ref().unwrap();
+    assert!(analytics_check.exact);
+    assert_eq!(
+        analytics_check.observed_revenue_increase,
+        "3998".parse().unwrap()
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["stages"][0]["stage"], "order_confirmed");
+
+    analytics.stop().await.unwrap();
+    transactions.stop().await.unwrap();
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
