@@ -56,6 +56,51 @@ where
         .map_err(describe)
 }
 
+/// The environment variables that settings of type `T` are read from: its field names, after
+/// `#[serde(rename)]`, upper-cased, in declaration order. Fields with `#[serde(skip)]` read
+/// none (the `KAFKA_CONFIG_*` pass-through of [`KafkaSettings`] is one such: match it by
+/// [`KAFKA_CONFIG_PREFIX`]).
+///
+/// Derived from the code, so deployment files (compose, Kubernetes) can be checked against
+/// what a service really reads. `T` must be a plain struct (no `#[serde(flatten)]`).
+pub fn env_var_names<T: DeserializeOwned>() -> Vec<String> {
+    let mut fields: &'static [&'static str] = &[];
+    // The probe always "fails" after capturing the field names: nothing is deserialized.
+    let _ = T::deserialize(FieldNames {
+        fields: &mut fields,
+    });
+    fields.iter().map(|field| field.to_uppercase()).collect()
+}
+
+/// A deserializer that only records the field names a struct asks for.
+struct FieldNames<'a> {
+    fields: &'a mut &'static [&'static str],
+}
+
+impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("settings must be a struct"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.fields = fields;
+        Err(serde::de::Error::custom("field names recorded"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
 fn describe(err: ConfigError) -> SettingsError {
     match err {
         ConfigError::Type {
@@ -257,6 +302,19 @@ mod tests {
         let settings =
             KafkaSettings::from_vars(vars(&[("FLATPACK_TOPIC_PREFIX", "2024")])).unwrap();
         assert_eq!(settings.topic_prefix, "2024");
+    }
+
+    #[test]
+    fn env_var_names_come_from_the_renamed_fields() {
+        assert_eq!(
+            env_var_names::<KafkaSettings>(),
+            [
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "FLATPACK_TOPIC_PREFIX",
+                "FLATPACK_TOPIC_PARTITIONS",
+                "FLATPACK_TOPIC_REPLICATION_FACTOR",
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,296 @@
+//! The compose files against the code: every environment variable a compose file sets for a
+//! flatpack service is one that service reads, and the service starts with exactly what the
+//! compose file gives it (every setting without a default is set, every value parses).
+//!
+//! The variables a service reads come from its settings structs
+//! ([`common::settings::env_var_names`]), plus the ones every service reads outside them:
+//! `KAFKA_CONFIG_*` (librdkafka pass-through, see `common::settings`) and `RUST_LOG` and
+//! `LOG_FORMAT` (see `common::telemetry`). No broker needed.
+//!
+//! The email service is not checked yet: its crate is not in the workspace.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use analytics::AnalyticsSettings;
+use common::KafkaSettings;
+use common::settings::{KAFKA_CONFIG_PREFIX, env_var_names, from_vars};
+use dashboard::DashboardSettings;
+use orders::OrdersSettings;
+use serde_yaml_ng::{Mapping, Value};
+use transactions::{RulesCheck, TransactionsSettings};
+
+/// Read by every service, outside its settings structs (`common::telemetry`).
+const LOGGING_VARS: [&str; 2] = ["RUST_LOG", "LOG_FORMAT"];
+
+/// The compose files that define flatpack services (`docker-compose.yml` through `include`).
+const COMPOSE_FILES: [&str; 3] = [
+    "docker-compose.yml",
+    "docker-compose-services.yml",
+    "docker-compose-cluster.yml",
+];
+
+type Env = BTreeMap<String, String>;
+
+/// What a service reads, and how it reads it at start.
+struct ServiceSettings {
+    name: &'static str,
+    /// Variables named by its settings structs.
+    reads: Vec<String>,
+    /// Reads all its settings from `vars` the way its `main` does.
+    load: fn(&Env) -> Result<(), String>,
+}
+
+fn vars(env: &Env) -> Vec<(String, String)> {
+    env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn kafka(env: &Env) -> Result<(), String> {
+    KafkaSettings::from_vars(vars(env))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn checked_services() -> Vec<ServiceSettings> {
+    let with_kafka = |own: Vec<Vec<String>>| -> Vec<String> {
+        let mut names = env_var_names::<KafkaSettings>();
+        names.extend(own.into_iter().flatten());
+        names
+    };
+    vec![
+        ServiceSettings {
+            name: "orders",
+            reads: with_kafka(vec![env_var_names::<OrdersSettings>()]),
+            load: |env| {
+                kafka(env)?;
+                from_vars::<OrdersSettings, _>(vars(env))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        ServiceSettings {
+            name: "transactions",
+            reads: with_kafka(vec![
+                env_var_names::<TransactionsSettings>(),
+                env_var_names::<RulesCheck>(),
+            ]),
+            load: |env| {
+                kafka(env)?;
+                from_vars::<TransactionsSettings, _>(vars(env)).map_err(|e| e.to_string())?;
+                from_vars::<RulesCheck, _>(vars(env))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        ServiceSettings {
+            name: "analytics",
+            reads: with_kafka(vec![env_var_names::<AnalyticsSettings>()]),
+            load: |env| {
+                kafka(env)?;
+                AnalyticsSettings::from_vars(vars(env))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        ServiceSettings {
+            name: "dashboard",
+            reads: with_kafka(vec![env_var_names::<DashboardSettings>()]),
+            load: |env| {
+                kafka(env)?;
+                DashboardSettings::from_vars(vars(env))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+    ]
+}
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load_yaml(path: &Path) -> Mapping {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut value: Value = serde_yaml_ng::from_str(&text)
+        .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    value
+        .apply_merge()
+        .unwrap_or_else(|e| panic!("merging `<<` keys in {}: {e}", path.display()));
+    match value {
+        Value::Mapping(map) => map,
+        other => panic!("{}: top level is not a mapping: {other:?}", path.display()),
+    }
+}
+
+fn scalar(value: &Value, what: &str) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => String::new(),
+        other => panic!("{what}: not a scalar: {other:?}"),
+    }
+}
+
+/// A service's `environment`, in either of compose's forms (mapping, or `KEY=VALUE` list).
+/// A bare `KEY` (passed through from the host) counts as set to the empty string.
+fn environment(service: &Mapping, what: &str) -> Env {
+    match service.get("environment") {
+        None => Env::new(),
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(k, v)| (scalar(k, what), scalar(v, what)))
+            .collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .map(|item| {
+                let item = scalar(item, what);
+                match item.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (item, String::new()),
+                }
+            })
+            .collect(),
+        Some(other) => panic!("{what}: environment is neither a mapping nor a list: {other:?}"),
+    }
+}
+
+/// The environment of every service a compose file defines, following `include` and
+/// `extends` (an extending service's variables override the extended one's).
+fn services(path: &Path) -> BTreeMap<String, Env> {
+    let doc = load_yaml(path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut all = BTreeMap::new();
+    if let Some(Value::Sequence(includes)) = doc.get("include") {
+        for include in includes {
+            let paths: Vec<String> = match include {
+                Value::String(p) => vec![p.clone()],
+                Value::Mapping(m) => match m.get("path") {
+                    Some(Value::Sequence(ps)) => {
+                        ps.iter().map(|p| scalar(p, "include path")).collect()
+                    }
+                    Some(p) => vec![scalar(p, "include path")],
+                    None => panic!("{}: include without path", path.display()),
+                },
+                other => panic!("{}: bad include {other:?}", path.display()),
+            };
+            for included in paths {
+                all.extend(services(&dir.join(included)));
+            }
+        }
+    }
+    if let Some(Value::Mapping(defined)) = doc.get("services") {
+        for (name, service) in defined {
+            let name = scalar(name, "service name");
+            let what = format!("{}: service {name}", path.display());
+            let Value::Mapping(service) = service else {
+                panic!("{what}: not a mapping");
+            };
+            let mut env = match service.get("extends") {
+                None => Env::new(),
+                Some(Value::Mapping(extends)) => {
+                    let base = scalar(
+                        extends.get("service").expect("extends.service"),
+                        "extends.service",
+                    );
+                    let base_file = extends
+                        .get("file")
+                        .map(|f| dir.join(scalar(f, "extends.file")))
+                        .unwrap_or_else(|| path.to_path_buf());
+                    services(&base_file)
+                        .remove(&base)
+                        .unwrap_or_else(|| panic!("{what}: extends unknown service {base}"))
+                }
+                Some(Value::String(base)) => services(path)
+                    .remove(base)
+                    .unwrap_or_else(|| panic!("{what}: extends unknown service {base}")),
+                Some(other) => panic!("{what}: bad extends {other:?}"),
+            };
+            env.extend(environment(service, &what));
+            all.insert(name, env);
+        }
+    }
+    all
+}
+
+/// The problems of one compose file's services, as readable lines.
+fn problems_in(file: &str) -> Vec<String> {
+    let services = services(&repo_root().join(file));
+    let mut problems = Vec::new();
+    for checked in checked_services() {
+        let Some(env) = services.get(checked.name) else {
+            problems.push(format!("{file}: no service {}", checked.name));
+            continue;
+        };
+        for var in env.keys() {
+            let read = checked.reads.contains(var)
+                || LOGGING_VARS.contains(&var.as_str())
+                || var.starts_with(KAFKA_CONFIG_PREFIX);
+            if !read {
+                problems.push(format!(
+                    "{file}: {} sets {var}, which it does not read (it reads {}, {}, {KAFKA_CONFIG_PREFIX}*)",
+                    checked.name,
+                    checked.reads.join(", "),
+                    LOGGING_VARS.join(", "),
+                ));
+            }
+        }
+        if let Err(err) = (checked.load)(env) {
+            problems.push(format!(
+                "{file}: {} would not start with this environment: {err}",
+                checked.name
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn compose_sets_only_variables_the_services_read_and_all_they_need() {
+    let problems: Vec<String> = COMPOSE_FILES.iter().flat_map(|f| problems_in(f)).collect();
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn compose_points_every_service_at_the_brokers_of_its_file() {
+    // Single broker: its container listener. Cluster: all three, replicated three times.
+    for (file, bootstrap, replication) in [
+        ("docker-compose.yml", "kafka:29092", "1"),
+        (
+            "docker-compose-cluster.yml",
+            "kafka:29092,kafka-2:29092,kafka-3:29092",
+            "3",
+        ),
+    ] {
+        let services = services(&repo_root().join(file));
+        for checked in checked_services() {
+            let env = &services[checked.name];
+            assert_eq!(
+                env.get("KAFKA_BOOTSTRAP_SERVERS").map(String::as_str),
+                Some(bootstrap),
+                "{file}: {}",
+                checked.name
+            );
+            assert_eq!(
+                env.get("FLATPACK_TOPIC_REPLICATION_FACTOR")
+                    .map(String::as_str),
+                Some(replication),
+                "{file}: {}",
+                checked.name
+            );
+        }
+    }
+}
+
+#[test]
+fn env_var_names_of_a_service_come_from_its_settings_struct() {
+    // Guards the derivation the checks above rely on: renamed fields, upper-cased.
+    let orders = env_var_names::<OrdersSettings>();
+    assert!(orders.iter().any(|v| v == "ORDERS_HTTP_ADDR"), "{orders:?}");
+    assert!(
+        orders.iter().all(|v| v.starts_with("ORDERS_")),
+        "{orders:?}"
+    );
+    assert_eq!(env_var_names::<RulesCheck>(), ["PAYMENT_MAX_AMOUNT"]);
+}
