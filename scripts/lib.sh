@@ -304,9 +304,11 @@ fp_fill_free_ports() { # <var-name>...
 fp_launch() { # <data-dir> <name> <owner-pid> <stop-timeout> <label> <cmd...>
   local dir="$1" name="$2" owner="$3" timeout="$4" label="$5"
   shift 5
+  # A session of its own: Ctrl-C at the terminal reaches the caller (which then stops
+  # things in order), not the server behind its back.
   (
     cd -- "$dir" || exit 1
-    exec "$@"
+    if command -v setsid >/dev/null; then exec setsid "$@"; else exec "$@"; fi
   ) </dev/null >>"$dir/$name.out" 2>&1 &
   FP_PID=$!
   printf '%s\n' "$FP_PID" >"$dir/$name.pid"
