@@ -8,6 +8,7 @@
 
 mod analytics;
 mod dashboard;
+mod email;
 mod helpers;
 mod loadgen;
 mod orders_api;

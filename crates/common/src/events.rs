@@ -285,6 +285,33 @@ pub struct OrderDecision {
     pub decided_at: Option<f64>,
 }
 
+/// Which e-mail an order got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EmailKind {
+    /// The order was confirmed.
+    Confirmation,
+    /// The payment was declined; the e-mail says why.
+    DeclinedNotice,
+}
+
+/// An order whose e-mail was handled: a message on `order_email_sent`, keyed by `order_id`.
+///
+/// The seed's order fields plus `status`, which (unlike on `order_confirmed`) is a JSON bool:
+/// `true` when the e-mail went out. `kind` and `sent_at` are ours, absent from the seed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailSent {
+    #[serde(flatten)]
+    pub order: Order,
+    /// Whether the e-mail went out (the SMTP server accepted it).
+    pub status: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EmailKind>,
+    /// When the SMTP server accepted the e-mail, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<f64>,
+}
+
 /// Running totals: a message on `analytics_result`, keyed by `day`.
 ///
 /// `total_revenue` and `total_orders_count` are the seed's all-time figures (confirmed
@@ -512,6 +539,42 @@ mod tests {
         let value = serde_json::to_value(&declined).unwrap();
         assert_eq!(value["status"], json!("declined"));
         assert_eq!(value["reason"], json!("card declined"));
+    }
+
+    #[test]
+    fn seed_email_sent_decodes_and_ours_keeps_the_seed_fields_with_status_as_a_bool() {
+        // What the seed's `email_backend.py` writes to `order_email_sent`.
+        let seed: EmailSent = serde_json::from_str(
+            r#"{"user_id": 7, "order_id": 1001, "user_email": "anna@example.com", "order_details": {"price": 349}, "time": 1700000000.5, "status": true}"#,
+        )
+        .unwrap();
+        assert!(seed.status);
+        assert_eq!(seed.kind, None);
+        assert_eq!(seed.order.schema, 0);
+
+        let order: Order = serde_json::from_str(SEED_ORDER).unwrap();
+        let ours = EmailSent {
+            order: Order {
+                schema: SCHEMA_VERSION,
+                ..order
+            },
+            status: true,
+            kind: Some(EmailKind::DeclinedNotice),
+            sent_at: Some(1_700_000_001.25),
+        };
+        let value = serde_json::to_value(&ours).unwrap();
+        assert!(value["user_id"].is_i64());
+        assert!(value["order_id"].is_i64());
+        assert!(value["user_email"].is_string());
+        assert!(value["order_details"].is_object());
+        assert_eq!(value["order_details"]["price"], json!(349));
+        assert!(value["time"].is_f64());
+        assert_eq!(value["status"], json!(true));
+        assert_eq!(value["kind"], json!("declined_notice"));
+        assert_eq!(value["sent_at"], json!(1_700_000_001.25));
+        assert_eq!(value["schema"], json!(SCHEMA_VERSION));
+        let back: EmailSent = serde_json::from_value(value).unwrap();
+        assert_eq!(back, ours);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, FutureProducer, ProducerContext};
@@ -50,8 +50,11 @@ impl ClientContext for FlatpackContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error, KafkaError::PartitionEOF(_)) {
-            // Asked for (enable.partition.eof) by readers that read to the end; not a fault.
+        // Asked for (enable.partition.eof) by readers that read to the end; not a fault. It
+        // comes as a global error too.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
             return;
         }
         // Connection failures are retried by librdkafka and reported once per outage.
@@ -187,6 +190,28 @@ pub fn consumer_with(
     group_id: &str,
     extra: &[(&str, &str)],
 ) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    consumer_config(settings, client, group_id, extra)
+        .create_with_context(FlatpackContext { client })
+        .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
+}
+
+/// [`consumer`] for async loops: the same configuration, read with `recv().await`.
+pub fn stream_consumer(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+) -> anyhow::Result<StreamConsumer<FlatpackContext>> {
+    consumer_config(settings, client, group_id, &[])
+        .create_with_context(FlatpackContext { client })
+        .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
+}
+
+fn consumer_config(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+    extra: &[(&str, &str)],
+) -> ClientConfig {
     let mut config = base_config(settings);
     for (key, value) in extra {
         config.set(*key, *value);
@@ -199,8 +224,6 @@ pub fn consumer_with(
     set_default(&mut config, "auto.offset.reset", "earliest");
     set_default(&mut config, "client.id", client);
     config
-        .create_with_context(FlatpackContext { client })
-        .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
 }
 
 /// Creates the topics a service needs, with the configured partitions and replication

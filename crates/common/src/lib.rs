@@ -1,6 +1,8 @@
 //! What the five flatpack services share: the event contract, topic names, settings, Kafka
-//! client construction, the exactly-once consumer loop, the shutdown signal and logging.
+//! client construction, the exactly-once and at-least-once consumer loops, the shutdown
+//! signal and logging.
 
+pub mod at_least_once;
 pub mod events;
 pub mod kafka;
 pub mod pipeline;
@@ -10,7 +12,8 @@ pub mod telemetry;
 pub mod topics;
 
 pub use events::{
-    AnalyticsResult, DecisionStatus, Email, Id, Money, Order, OrderDecision, OrderDetails,
+    AnalyticsResult, DecisionStatus, Email, EmailKind, EmailSent, Id, Money, Order, OrderDecision,
+    OrderDetails,
 };
 pub use settings::KafkaSettings;
 pub use topics::{Topic, Topics};

@@ -20,7 +20,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -267,23 +267,9 @@ fn process_batch<T: Transform>(
     let mut next_offsets: HashMap<(&str, i32), i64> = HashMap::new();
     for message in batch {
         out.clear();
-        match decode::<T::Input>(message.payload()) {
+        match decode_or_dead_letter::<T::Input>(message, dlq, config.service) {
             Ok(input) => transform.apply(input, out),
-            Err(problem) => {
-                warn!(
-                    service = config.service,
-                    topic = message.topic(),
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    cause = %problem,
-                    "undecodable message sent to the dead-letter topic"
-                );
-                let problem = problem.to_string();
-                send(
-                    producer,
-                    dead_letter(message, dlq, &problem, config.service),
-                )?;
-            }
+            Err(dead) => send(producer, dead.base_record())?,
         }
         for output in out.iter() {
             send(
@@ -338,41 +324,90 @@ fn send(
     }
 }
 
-/// The poison message as it came, plus why it failed and where it came from.
-fn dead_letter<'a>(
+/// A message that could not be decoded, on its way to the source's dead-letter topic: the
+/// message as it came (key and payload), plus why it failed and where it came from in
+/// [`dlq_headers`]. Every consumer loop dead-letters through this one type.
+#[derive(Debug)]
+pub struct DeadLetter<'a> {
+    topic: &'a str,
+    key: Option<&'a str>,
+    payload: &'a [u8],
+    headers: OwnedHeaders,
+}
+
+impl<'a> DeadLetter<'a> {
+    pub fn new(message: &'a OwnedMessage, dlq: &'a str, problem: &str, service: &str) -> Self {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: dlq_headers::ERROR,
+                value: Some(problem),
+            })
+            .insert(Header {
+                key: dlq_headers::TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: dlq_headers::PARTITION,
+                value: Some(&message.partition().to_string()),
+            })
+            .insert(Header {
+                key: dlq_headers::OFFSET,
+                value: Some(&message.offset().to_string()),
+            })
+            .insert(Header {
+                key: dlq_headers::SERVICE,
+                value: Some(service),
+            });
+        Self {
+            topic: dlq,
+            key: message.key().and_then(|k| std::str::from_utf8(k).ok()),
+            payload: message.payload().unwrap_or_default(),
+            headers,
+        }
+    }
+
+    /// The record for a [`BaseProducer`] (the exactly-once loop).
+    pub fn base_record(&self) -> BaseRecord<'a, str, [u8]> {
+        let record = BaseRecord::to(self.topic)
+            .payload(self.payload)
+            .headers(self.headers.clone());
+        match self.key {
+            Some(key) => record.key(key),
+            None => record,
+        }
+    }
+
+    /// The record for a [`FutureProducer`](rdkafka::producer::FutureProducer) (the
+    /// at-least-once loop).
+    pub fn future_record(&self) -> FutureRecord<'a, str, [u8]> {
+        let record = FutureRecord::to(self.topic)
+            .payload(self.payload)
+            .headers(self.headers.clone());
+        match self.key {
+            Some(key) => record.key(key),
+            None => record,
+        }
+    }
+}
+
+/// Decodes `message` into `T`; a message that does not decode is logged and returned as a
+/// [`DeadLetter`] for `dlq`, for the caller to write before it moves past the message.
+pub fn decode_or_dead_letter<'a, T: DeserializeOwned>(
     message: &'a OwnedMessage,
     dlq: &'a str,
-    problem: &str,
     service: &str,
-) -> BaseRecord<'a, str, [u8]> {
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: dlq_headers::ERROR,
-            value: Some(problem),
-        })
-        .insert(Header {
-            key: dlq_headers::TOPIC,
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: dlq_headers::PARTITION,
-            value: Some(&message.partition().to_string()),
-        })
-        .insert(Header {
-            key: dlq_headers::OFFSET,
-            value: Some(&message.offset().to_string()),
-        })
-        .insert(Header {
-            key: dlq_headers::SERVICE,
-            value: Some(service),
-        });
-    let mut record = BaseRecord::to(dlq)
-        .payload(message.payload().unwrap_or_default())
-        .headers(headers);
-    if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) {
-        record = record.key(key);
-    }
-    record
+) -> Result<T, DeadLetter<'a>> {
+    decode(message.payload()).map_err(|problem| {
+        warn!(
+            service,
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            cause = %problem,
+            "undecodable message sent to the dead-letter topic"
+        );
+        DeadLetter::new(message, dlq, &problem.to_string(), service)
+    })
 }
 
 /// Aborts the open transaction and rewinds the consumer to the last committed offsets.

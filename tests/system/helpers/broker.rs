@@ -39,7 +39,7 @@ pub async fn bootstrap_servers() -> Option<String> {
     }
 }
 
-fn is_ci() -> bool {
+pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

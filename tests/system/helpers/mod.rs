@@ -2,6 +2,7 @@
 //! against it, and a way to read what they wrote.
 
 pub mod broker;
+pub mod mailpit;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -311,6 +312,19 @@ pub fn spawn_transactions(env: &TestEnv, instance: &str) -> InProcess {
             let _ = stopped.await;
         },
     ));
+    InProcess {
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts the email service in this process with the given settings (SMTP_HOST, ...).
+pub fn spawn_email(env: &TestEnv, vars: Vec<(String, String)>) -> InProcess {
+    let settings = email::EmailSettings::from_vars(vars).expect("email settings");
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(email::run(env.kafka.clone(), settings, async {
+        let _ = stopped.await;
+    }));
     InProcess {
         stop: Some(stop),
         task,

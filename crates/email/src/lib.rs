@@ -1,0 +1,193 @@
+//! The email service: one e-mail per decided order.
+//!
+//! Reads `order_confirmed`, sends the customer a confirmation (or, for a declined payment, a
+//! notice saying why) over SMTP as plain text and HTML, and then writes `order_email_sent`,
+//! keyed by `order_id`. The input offset is committed only after the SMTP server took the
+//! e-mail and the broker acknowledged the record ([`common::at_least_once`]); orders already on
+//! `order_email_sent` are skipped, so a restart does not e-mail anyone twice. While the SMTP
+//! server is unreachable the service retries the same order with capped backoff and moves on
+//! only once it went out. Messages that cannot be decoded go to `order_confirmed.dlq`.
+
+pub mod settings;
+pub mod templates;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use common::at_least_once::{AtLeastOnceConfig, Handler, run_at_least_once};
+use common::events::{
+    EmailKind, EmailSent, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds,
+};
+use common::pipeline::Output;
+use common::{KafkaSettings, Topic, kafka};
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use settings::{EmailSettings, EmailVars, SmtpTls};
+
+/// How long a write to `order_email_sent` may wait for the broker's acknowledgement before
+/// it is tried again.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends the e-mail for each decision and says so on `order_email_sent`.
+pub struct SendEmail {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    output_topic: String,
+}
+
+impl std::fmt::Debug for SendEmail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendEmail")
+            .field("from", &self.from)
+            .field("output_topic", &self.output_topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SendEmail {
+    /// Sets up the SMTP transport (connections are opened by the first send).
+    pub fn new(settings: &EmailSettings, output_topic: String) -> anyhow::Result<Self> {
+        let host = settings.smtp_host.as_str();
+        let builder = match settings.smtp_tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
+                .with_context(|| format!("setting up STARTTLS to {host}"))?,
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
+                .with_context(|| format!("setting up TLS to {host}"))?,
+        };
+        let mut builder = builder
+            .port(settings.smtp_port)
+            .timeout(Some(settings.smtp_timeout));
+        if let Some((user, password)) = &settings.credentials {
+            builder = builder.credentials(Credentials::new(user.clone(), password.0.clone()));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            from: settings.from.clone(),
+            output_topic,
+        })
+    }
+
+    /// The message for `decision`, or why there can be none.
+    fn compose(&self, decision: &OrderDecision) -> anyhow::Result<Message> {
+        let rendered = templates::render(decision).context("rendering the templates")?;
+        let to: Mailbox = decision
+            .order
+            .user_email
+            .as_str()
+            .parse()
+            .context("the address is not one SMTP accepts")?;
+        Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(rendered.subject)
+            .multipart(MultiPart::alternative_plain_html(
+                rendered.text,
+                rendered.html,
+            ))
+            .context("building the message")
+    }
+
+    /// The `order_email_sent` record for `decision`.
+    fn record(&self, decision: &OrderDecision, kind: EmailKind, sent: bool) -> Output {
+        let record = EmailSent {
+            order: Order {
+                schema: SCHEMA_VERSION,
+                ..decision.order.clone()
+            },
+            status: sent,
+            kind: Some(kind),
+            sent_at: sent.then(now_epoch_seconds),
+        };
+        Output {
+            topic: self.output_topic.clone(),
+            key: decision.order.order_id.to_string(),
+            // Every field of a decoded decision serialises; an empty payload would only
+            // fail to decode downstream, never silently.
+            payload: serde_json::to_vec(&record).unwrap_or_default(),
+        }
+    }
+}
+
+impl Handler for SendEmail {
+    type Input = OrderDecision;
+
+    fn key(&self, decision: &OrderDecision) -> String {
+        decision.order.order_id.to_string()
+    }
+
+    async fn handle(&mut self, decision: &OrderDecision) -> anyhow::Result<Vec<Output>> {
+        let order_id = &decision.order.order_id;
+        let to = decision.order.user_email.masked();
+        let kind = templates::kind_of(decision);
+        let message = match self.compose(decision) {
+            Ok(message) => message,
+            Err(err) => {
+                error!(order_id = %order_id, to = %to, ?kind, cause = %format!("{err:#}"), "e-mail cannot be composed; recorded as not sent");
+                return Ok(vec![self.record(decision, kind, false)]);
+            }
+        };
+        let sent = match self.transport.send(message).await {
+            Ok(_) => {
+                info!(order_id = %order_id, to = %to, ?kind, "e-mail sent");
+                true
+            }
+            // A 5xx answer (e.g. no such mailbox) stays the same however often we ask.
+            Err(err) if err.is_permanent() => {
+                warn!(order_id = %order_id, to = %to, ?kind, cause = %err, "SMTP server refused the e-mail for good; recorded as not sent");
+                false
+            }
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "sending the e-mail for order {order_id} to {to} via SMTP"
+                )));
+            }
+        };
+        Ok(vec![self.record(decision, kind, sent)])
+    }
+}
+
+/// E-mails decided orders until `shutdown` completes; then finishes the e-mail in hand (or
+/// abandons it uncommitted while the SMTP server is unreachable), commits and returns.
+pub async fn run(
+    kafka_settings: KafkaSettings,
+    settings: EmailSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let topics = kafka_settings.topics();
+    kafka::ensure_topics(
+        &kafka_settings,
+        &[
+            topics.name(Topic::OrderConfirmed),
+            topics.name(Topic::OrderEmailSent),
+            topics.dlq(Topic::OrderConfirmed),
+        ],
+    )
+    .await?;
+    let handler = SendEmail::new(&settings, topics.name(Topic::OrderEmailSent))?;
+    let config = AtLeastOnceConfig {
+        service: "email",
+        source: Topic::OrderConfirmed,
+        group_id: topics.scoped("email"),
+        handled: Some(Topic::OrderEmailSent),
+        retry: settings.retry,
+        delivery_timeout: DELIVERY_TIMEOUT,
+    };
+    info!(smtp = %format!("{}:{}", settings.smtp_host, settings.smtp_port), tls = ?settings.smtp_tls, "e-mailing decided orders");
+    let stop = CancellationToken::new();
+    let worker = run_at_least_once(&kafka_settings, &config, handler, &stop);
+    tokio::pin!(worker);
+    tokio::select! {
+        result = &mut worker => return result,
+        () = shutdown => {
+            info!("finishing the e-mail in hand");
+            stop.cancel();
+        }
+    }
+    worker.await
+}
