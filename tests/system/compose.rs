@@ -6,8 +6,6 @@
 //! ([`common::settings::env_var_names`]), plus the ones every service reads outside them:
 //! `KAFKA_CONFIG_*` (librdkafka pass-through, see `common::settings`) and `RUST_LOG` and
 //! `LOG_FORMAT` (see `common::telemetry`). No broker needed.
-//!
-//! The email service is not checked yet: its crate is not in the workspace.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +14,7 @@ use analytics::AnalyticsSettings;
 use common::KafkaSettings;
 use common::settings::{KAFKA_CONFIG_PREFIX, env_var_names, from_vars};
 use dashboard::DashboardSettings;
+use email::{EmailSettings, EmailVars};
 use orders::OrdersSettings;
 use serde_yaml_ng::{Mapping, Value};
 use transactions::{RulesCheck, TransactionsSettings};
@@ -88,6 +87,16 @@ fn checked_services() -> Vec<ServiceSettings> {
             load: |env| {
                 kafka(env)?;
                 AnalyticsSettings::from_vars(vars(env))
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        },
+        ServiceSettings {
+            name: "email",
+            reads: with_kafka(vec![env_var_names::<EmailVars>()]),
+            load: |env| {
+                kafka(env)?;
+                EmailSettings::from_vars(vars(env))
                     .map(drop)
                     .map_err(|e| e.to_string())
             },
