@@ -55,9 +55,12 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "container files (compose config with the real compose CLI, hadolint)"
+"$here/check-containers.sh"
+
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   step "starting Apache Kafka from the Maven Central jars"
-  out=$("$here/kafka.sh" start --data-dir "$work/kafka")
+  out=$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)
   started_kafka=1
   export_lines "$out"
 fi
@@ -65,7 +68,7 @@ echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 
 if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   step "starting Mailpit"
-  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit")
+  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)
   started_mailpit=1
   export_lines "$out"
 fi

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod analytics;
+mod compose;
 mod dashboard;
 mod email;
 mod helpers;
