@@ -13,7 +13,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
 
-services=(orders transactions analytics dashboard)
+services=(orders transactions email analytics dashboard)
 state="$root/.flatpack"
 logs="$state/logs"
 mkdir -p "$logs"
@@ -50,9 +50,9 @@ echo "run.sh: building the services ($profile)" >&2
 cargo build --profile "$profile" --bins --workspace --locked
 
 echo "run.sh: starting Kafka" >&2
-export_lines "$("$here/kafka.sh" start --data-dir "$state/kafka" --port "${KAFKA_PORT:-9092}")"
+export_lines "$("$here/kafka.sh" start --data-dir "$state/kafka" --port "${KAFKA_PORT:-9092}" --owner-pid $$)"
 echo "run.sh: starting Mailpit" >&2
-export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit")"
+export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit" --owner-pid $$)"
 smtp_port=${MAILPIT_SMTP##*:}
 export SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}
