@@ -87,6 +87,7 @@ fn assert_exact(results: &[AnalyticsResult], orders: &[Value]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn totals_are_the_exact_sum_of_confirmed_prices_with_declines_counted_apart() {
     let env = test_env!();
+    create_pipeline_topics(&env).await;
     let api = spawn_orders(&env).await;
     let transactions = spawn_transactions(&env, "a");
     let analytics = spawn_analytics(&env);
@@ -121,6 +122,16 @@ async fn totals_are_the_exact_sum_of_confirmed_prices_with_declines_counted_apar
     env.cleanup().await;
 }
 
+/// Creates the topics up front, so that readers can open them before the services start.
+async fn create_pipeline_topics(env: &TestEnv) {
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.topic(Topic::AnalyticsResult),
+    ])
+    .await;
+}
+
 fn analytics_vars(env: &TestEnv) -> Vec<(String, String)> {
     let mut vars = env.service_vars();
     vars.push(("ANALYTICS_MAX_BATCH".into(), "20".into()));
@@ -136,12 +147,7 @@ fn wait_for_results(env: &TestEnv, count: usize) {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_in_the_middle_of_a_stream_and_a_restart_keep_the_totals_exact() {
     let env = test_env!();
-    env.create_topics(&[
-        env.topic(Topic::OrderDetails),
-        env.topic(Topic::OrderConfirmed),
-        env.topic(Topic::AnalyticsResult),
-    ])
-    .await;
+    create_pipeline_topics(&env).await;
     let api = spawn_orders(&env).await;
     let transactions = spawn_transactions(&env, "a");
     let vars = analytics_vars(&env);
@@ -179,12 +185,7 @@ async fn sigkill_in_the_middle_of_a_stream_and_a_restart_keep_the_totals_exact()
 #[tokio::test(flavor = "multi_thread")]
 async fn two_instances_during_a_stream_keep_the_totals_exact_and_one_takes_over() {
     let env = test_env!();
-    env.create_topics(&[
-        env.topic(Topic::OrderDetails),
-        env.topic(Topic::OrderConfirmed),
-        env.topic(Topic::AnalyticsResult),
-    ])
-    .await;
+    create_pipeline_topics(&env).await;
     let api = spawn_orders(&env).await;
     let transactions = spawn_transactions(&env, "a");
     let vars = analytics_vars(&env);

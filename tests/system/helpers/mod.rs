@@ -148,19 +148,26 @@ impl TopicReader {
             .set("enable.auto.commit", "false")
             .create()
             .expect("test reader");
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .expect("topic metadata");
+        // The service that creates the topic may still be starting: wait for it a while.
+        let until = Instant::now() + Duration::from_secs(30);
         let mut assignment = TopicPartitionList::new();
-        for partition in metadata.topics()[0].partitions() {
-            assignment
-                .add_partition_offset(topic, partition.id(), Offset::Beginning)
-                .expect("assignment");
+        while assignment.count() == 0 {
+            assert!(
+                Instant::now() < until,
+                "topic {topic} did not appear within 30 s"
+            );
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .expect("topic metadata");
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                assignment
+                    .add_partition_offset(topic, partition.id(), Offset::Beginning)
+                    .expect("assignment");
+            }
+            if assignment.count() == 0 {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
-        assert!(
-            assignment.count() > 0,
-            "topic {topic} has no partitions (does it exist?)"
-        );
         consumer.assign(&assignment).expect("assigning partitions");
         Self {
             consumer,
