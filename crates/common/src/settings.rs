@@ -42,6 +42,14 @@ pub fn from_env<T: DeserializeOwned>() -> Result<T, SettingsError> {
     from_vars(std::env::vars())
 }
 
+/// Owned `(name, value)` pairs from literals: the input of [`from_vars`] in tests and tools.
+pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 /// Reads settings of type `T` from the given variables (the environment, or a test's map).
 pub fn from_vars<T, I>(vars: I) -> Result<T, SettingsError>
 where
@@ -255,13 +263,6 @@ fn passthrough(vars: &[(String, String)]) -> Result<BTreeMap<String, String>, Se
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {

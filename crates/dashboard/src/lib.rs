@@ -121,13 +121,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use common::settings::vars;
 
     #[test]
     fn settings_default_to_port_8000_and_ten_thousand_orders() {

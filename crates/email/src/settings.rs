@@ -180,13 +180,7 @@ impl EmailVars {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use common::settings::vars;
 
     #[test]
     fn defaults_point_at_a_local_plain_smtp_server() {
