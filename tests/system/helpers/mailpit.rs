@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::broker::is_ci;
-
 /// The run's Mailpit: its SMTP address and HTTP API.
 #[derive(Debug, Clone)]
 pub struct Mailpit {
@@ -66,11 +64,10 @@ pub fn mailpit() -> Option<Mailpit> {
     let http = std::env::var("MAILPIT_HTTP").unwrap_or_default();
     if smtp.trim().is_empty() || http.trim().is_empty() {
         let why = "MAILPIT_SMTP and MAILPIT_HTTP are not set";
-        if is_ci() {
-            panic!("no Mailpit for the e-mail tests under CI=true: {why}");
-        }
-        eprintln!(
-            "\n*** SKIPPED: no Mailpit: {why}\n*** Run `scripts/test.sh`, or `scripts/mailpit.sh start` and export what it prints.\n"
+        super::missing(
+            "Mailpit",
+            why,
+            "Run `scripts/test.sh`, or `scripts/mailpit.sh start` and export what it prints.",
         );
         return None;
     }

@@ -21,6 +21,21 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A real component a test needs is missing: under `CI=true` the test fails; elsewhere it is
+/// skipped, with a message written past the test harness's output capture so that it shows
+/// even for a "passing" test.
+pub fn missing(component: &str, why: &str, hint: &str) {
+    use std::io::Write;
+    assert!(
+        !broker::is_ci(),
+        "no {component} for the system tests under CI=true: {why}"
+    );
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "\n*** SKIPPED: no {component}: {why}\n*** {hint}\n"
+    );
+}
+
 /// Partitions of every test topic: more than one, so ordering and rebalancing are real.
 pub const TEST_PARTITIONS: i32 = 3;
 
