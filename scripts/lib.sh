@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/kafka.sh and scripts/mailpit.sh.
+# Shared helpers for the scripts in this folder.
 #
 # Source it; it defines fp_* functions and nothing runs at source time except
 # variable defaults. Everything here logs to stderr: the callers keep stdout
@@ -18,6 +18,14 @@ fp_log() { printf '%s: %s\n' "$FP_NAME" "$*" >&2; }
 fp_die() { printf '%s: error: %s\n' "$FP_NAME" "$*" >&2; exit 1; }
 
 # Root of everything downloaded or built; never inside the git tree.
+# Exports each KEY=VALUE line of <text> (what kafka.sh and mailpit.sh print).
+fp_export_lines() { # <text>
+  local line
+  while IFS= read -r line; do
+    [[ "$line" == *=* ]] && export "${line?}"
+  done <<<"$1"
+}
+
 fp_cache_dir() { printf '%s\n' "${FLATPACK_CACHE_DIR:-${HOME:?HOME is not set}/.cache/flatpack}"; }
 
 fp_is_uint() { [[ "${1-}" =~ ^[0-9]+$ ]]; }

@@ -12,6 +12,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
+FP_NAME=run.sh
+# shellcheck source=scripts/lib.sh
+source "$here/lib.sh"
 
 services=(orders transactions email analytics dashboard)
 state="$root/.flatpack"
@@ -39,20 +42,14 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 0' INT TERM
 
-export_lines() {
-  local line
-  while IFS= read -r line; do
-    [[ "$line" == *=* ]] && export "${line?}"
-  done <<< "$1"
-}
 
 echo "run.sh: building the services ($profile)" >&2
 cargo build --profile "$profile" --bins --workspace --locked
 
 echo "run.sh: starting Kafka" >&2
-export_lines "$("$here/kafka.sh" start --data-dir "$state/kafka" --port "${KAFKA_PORT:-9092}" --owner-pid $$)"
+fp_export_lines "$("$here/kafka.sh" start --data-dir "$state/kafka" --port "${KAFKA_PORT:-9092}" --owner-pid $$)"
 echo "run.sh: starting Mailpit" >&2
-export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit" --owner-pid $$)"
+fp_export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit" --owner-pid $$)"
 smtp_port=${MAILPIT_SMTP##*:}
 export SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}

@@ -12,6 +12,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
+FP_NAME=test.sh
+# shellcheck source=scripts/lib.sh
+source "$here/lib.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-test.XXXXXX")
 started_kafka=""
@@ -34,13 +37,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Exports each KEY=VALUE line a start script prints.
-export_lines() {
-  local line
-  while IFS= read -r line; do
-    [[ "$line" == *=* ]] && export "${line?}"
-  done <<< "$1"
-}
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -62,7 +58,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   step "starting Apache Kafka from the Maven Central jars"
   out=$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)
   started_kafka=1
-  export_lines "$out"
+  fp_export_lines "$out"
 fi
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 
@@ -70,14 +66,14 @@ if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   step "starting Mailpit"
   out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)
   started_mailpit=1
-  export_lines "$out"
+  fp_export_lines "$out"
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
 
 if [ -z "${CHROMIUM:-}" ]; then
   step "Chromium for the dashboard's browser test"
   out=$("$here/chromium.sh")
-  export_lines "$out"
+  fp_export_lines "$out"
 fi
 echo "Chromium: $CHROMIUM" >&2
 

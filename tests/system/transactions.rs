@@ -156,6 +156,16 @@ async fn undecodable_messages_go_to_the_dlq_with_their_origin_and_the_next_order
     env.cleanup().await;
 }
 
+/// The transactions service's topics, created before it starts so that readers can open them.
+async fn create_topics(env: &TestEnv) {
+    env.create_topics(&[
+        env.topic(Topic::OrderDetails),
+        env.topic(Topic::OrderConfirmed),
+        env.dlq(Topic::OrderDetails),
+    ])
+    .await;
+}
+
 fn process_vars(env: &TestEnv, instance: &str, max_batch: usize) -> Vec<(String, String)> {
     let mut vars = env.service_vars();
     vars.push(("TRANSACTIONS_INSTANCE_ID".into(), instance.into()));
@@ -173,12 +183,7 @@ fn wait_for_decisions(env: &TestEnv, count: usize) {
 async fn sigkill_in_the_middle_of_1200_orders_loses_and_duplicates_no_decision() {
     const ORDERS: u64 = 1200;
     let env = test_env!();
-    env.create_topics(&[
-        env.topic(Topic::OrderDetails),
-        env.topic(Topic::OrderConfirmed),
-        env.dlq(Topic::OrderDetails),
-    ])
-    .await;
+    create_topics(&env).await;
     let api = spawn_orders(&env).await;
     // Small transactions, so that a kill lands inside one.
     let vars = process_vars(&env, "crashy", 25);
@@ -232,12 +237,7 @@ async fn sigkill_in_the_middle_of_1200_orders_loses_and_duplicates_no_decision()
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_commits_the_open_batch_and_exits_zero() {
     let env = test_env!();
-    env.create_topics(&[
-        env.topic(Topic::OrderDetails),
-        env.topic(Topic::OrderConfirmed),
-        env.dlq(Topic::OrderDetails),
-    ])
-    .await;
+    create_topics(&env).await;
     let api = spawn_orders(&env).await;
     let vars = process_vars(&env, "graceful", 50);
     let service = ServiceProcess::start("transactions", &vars);
