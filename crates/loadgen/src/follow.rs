@@ -33,27 +33,7 @@ impl Follower {
     /// Starts reading `topic` at its end as it is now: everything written from this call on
     /// is seen, nothing before.
     pub fn start(settings: &KafkaSettings, topic: &str, analytics: bool) -> anyhow::Result<Self> {
-        let consumer = kafka::consumer(
-            settings,
-            "loadgen",
-            &format!("loadgen-{:08x}", rand::random::<u32>()),
-        )?;
-        let timeout = Duration::from_secs(10);
-        let metadata = consumer
-            .fetch_metadata(Some(topic), timeout)
-            .with_context(|| format!("reading the partitions of {topic}"))?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), timeout)
-                .with_context(|| format!("reading the end of {topic}"))?;
-            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high))?;
-        }
-        anyhow::ensure!(
-            assignment.count() > 0,
-            "topic {topic} does not exist (start the services first)"
-        );
-        consumer.assign(&assignment)?;
+        let consumer = consumer_at_end(settings, topic)?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let thread = {
@@ -84,6 +64,36 @@ impl Follower {
         let seen = std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner));
         Ok(seen)
     }
+}
+
+/// A `read_committed` consumer assigned every partition of `topic` at its end as it is now:
+/// it sees everything written from this call on, nothing before.
+pub fn consumer_at_end(
+    settings: &KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<BaseConsumer<kafka::FlatpackContext>> {
+    let consumer = kafka::consumer(
+        settings,
+        "loadgen",
+        &format!("loadgen-{:08x}", rand::random::<u32>()),
+    )?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, partition.id(), timeout)
+            .with_context(|| format!("reading the end of {topic}"))?;
+        assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high))?;
+    }
+    anyhow::ensure!(
+        assignment.count() > 0,
+        "topic {topic} does not exist (start the services first)"
+    );
+    consumer.assign(&assignment)?;
+    Ok(consumer)
 }
 
 fn read(

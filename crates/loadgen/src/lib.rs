@@ -7,6 +7,7 @@
 //! order must reach every followed topic exactly once, and the analytics totals must grow by
 //! exactly what was posted.
 
+pub mod bench;
 mod follow;
 
 use std::collections::{BTreeMap, HashMap};

@@ -1,6 +1,11 @@
 //! `loadgen`: posts orders to a running flatpack and follows them through the pipeline.
 //! Kafka settings come from the environment, as for the services (`KAFKA_BOOTSTRAP_SERVERS`,
 //! `FLATPACK_TOPIC_PREFIX`, ...). Exits 1 when anything was lost, duplicated or miscounted.
+//!
+//! Subcommands for `scripts/bench.sh`: `produce` (the broker's raw produce capacity), `smtp`
+//! (the SMTP server's acceptance rate, settings as the email service's `SMTP_*`), `feed`
+//! (a pipeline's rate from `order_details` to `analytics_result`) and `topics` (plain topics
+//! for the seed).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,12 +14,87 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::KafkaSettings;
-use loadgen::{Config, Stage};
+use loadgen::{Config, Stage, bench};
 use rust_decimal::Decimal;
 
 /// Posts orders to flatpack's orders API and follows them through every topic.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    post: Args,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Writes orders, as the orders service writes them, straight to `order_details` with the
+    /// services' idempotent `acks=all` producer: the broker's raw produce capacity.
+    Produce {
+        /// How many messages.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Unacknowledged messages at most.
+        #[arg(long, default_value_t = 10_000)]
+        in_flight: usize,
+        /// The price in every order (sets the message size with the rest of the order).
+        #[arg(long, default_value = "19.99")]
+        price: Decimal,
+        /// Where to write the JSON report (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Sends order confirmations with the email service's sender (settings from `SMTP_*`, as
+    /// for the email service): the SMTP server's own acceptance rate.
+    Smtp {
+        /// How many e-mails.
+        #[arg(long, default_value_t = 2000)]
+        emails: u64,
+        /// Senders, each on a connection of its own.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The price in every order.
+        #[arg(long, default_value = "19.99")]
+        price: Decimal,
+        /// Where to write the JSON report (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Writes orders straight to `order_details` and times until `analytics_result` counts
+    /// them all: a pipeline's rate (flatpack's or the seed's). Exits 1 when the count is off.
+    Feed {
+        /// How many orders (after the warm-up).
+        #[arg(long, default_value_t = 10_000)]
+        orders: u64,
+        /// Unacknowledged orders at most.
+        #[arg(long, default_value_t = 10_000)]
+        in_flight: usize,
+        /// The price of every order: a whole number, as the seed's analytics reads it with
+        /// `int(...)`.
+        #[arg(long, default_value = "349")]
+        price: Decimal,
+        /// Seconds to wait for the pipeline to answer the warm-up orders.
+        #[arg(long, default_value_t = 60)]
+        warmup_seconds: u64,
+        /// Seconds to wait, after the last order was written, for the count to reach it.
+        #[arg(long, default_value_t = 300)]
+        settle_seconds: u64,
+        /// Where to write the JSON report (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Creates plain topics (after `FLATPACK_TOPIC_PREFIX`, with `FLATPACK_TOPIC_PARTITIONS`
+    /// and `FLATPACK_TOPIC_REPLICATION_FACTOR`); existing ones are left alone.
+    Topics {
+        /// Topic names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Posting orders over HTTP (the default command).
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Base URL of the orders API.
     #[arg(long, default_value = "http://127.0.0.1:5002")]
@@ -34,6 +114,9 @@ struct Args {
     /// Topics to follow the orders to.
     #[arg(long, value_delimiter = ',', default_values = ["order-confirmed", "order-email-sent", "analytics-result"])]
     follow: Vec<StageArg>,
+    /// Follow no topic: measure the POSTs only (for an orders API alone).
+    #[arg(long, conflicts_with = "follow")]
+    no_follow: bool,
     /// Seconds to wait after the last POST for the orders to arrive downstream.
     #[arg(long, default_value_t = 60)]
     settle_seconds: u64,
@@ -59,9 +142,86 @@ impl From<StageArg> for Stage {
     }
 }
 
+/// Writes `report` as pretty JSON to `path` (`-`: stdout).
+fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let json = serde_json::to_string_pretty(report)?;
+    if path.as_os_str() == "-" {
+        writeln!(std::io::stdout(), "{json}")?;
+    } else {
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => post(cli.post).await,
+        Some(Command::Produce {
+            messages,
+            in_flight,
+            price,
+            json,
+        }) => {
+            let kafka = KafkaSettings::from_env()?;
+            let report = bench::produce(&kafka, messages, in_flight, price).await?;
+            eprint!("{}", report.summary());
+            write_json(json.as_ref(), &report)?;
+            if report.failed > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Smtp {
+            emails,
+            concurrency,
+            price,
+            json,
+        }) => {
+            let settings = email::EmailSettings::from_env()?;
+            let report = bench::smtp(&settings, emails, concurrency, price).await?;
+            eprint!("{}", report.summary());
+            write_json(json.as_ref(), &report)?;
+            if report.failed > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Feed {
+            orders,
+            in_flight,
+            price,
+            warmup_seconds,
+            settle_seconds,
+            json,
+        }) => {
+            let kafka = KafkaSettings::from_env()?;
+            let report = bench::feed(
+                &kafka,
+                orders,
+                price,
+                in_flight,
+                Duration::from_secs(warmup_seconds),
+                Duration::from_secs(settle_seconds),
+            )
+            .await?;
+            eprint!("{}", report.summary());
+            write_json(json.as_ref(), &report)?;
+            if !report.complete {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Topics { names }) => {
+            let kafka = KafkaSettings::from_env()?;
+            bench::create_topics(&kafka, &names).await
+        }
+    }
+}
+
+async fn post(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
     anyhow::ensure!(
         args.rate.is_none_or(|r| r > 0.0 && r.is_finite()),
@@ -74,20 +234,17 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
         concurrency: args.concurrency,
         price: args.price,
-        follow: args.follow.into_iter().map(Stage::from).collect(),
+        follow: if args.no_follow {
+            Vec::new()
+        } else {
+            args.follow.into_iter().map(Stage::from).collect()
+        },
         settle_timeout: Duration::from_secs(args.settle_seconds),
         run_id: format!("load-{:08x}", rand::random::<u32>()),
     };
     let report = loadgen::run(&config, &kafka).await?;
     eprint!("{}", report.summary());
-    if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report)?;
-        if path.as_os_str() == "-" {
-            writeln!(std::io::stdout(), "{json}")?;
-        } else {
-            std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
-        }
-    }
+    write_json(args.json.as_ref(), &report)?;
     if !report.is_clean() {
         std::process::exit(1);
     }

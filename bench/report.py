@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Reads the JSON results of one scripts/bench.sh run and prints the table of figures and
+ratios; writes it as summary.json beside them. Usage: bench/report.py <output-dir>"""
+
+import json
+import math
+import os
+import sys
+
+
+def load(out, step):
+    try:
+        with open(os.path.join(out, step + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def get(d, *path):
+    for key in path:
+        if d is None:
+            return None
+        if isinstance(key, int):
+            d = d[key] if isinstance(d, list) and len(d) > key else None
+        else:
+            d = d.get(key) if isinstance(d, dict) else None
+    return d
+
+
+def stage(report, name):
+    for s in get(report, "stages") or []:
+        if s.get("stage") == name:
+            return s
+    return None
+
+
+def ratio(a, b):
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def fmt(x, digits=0, unit=""):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def main():
+    out = sys.argv[1]
+    raw = load(out, "raw-broker")
+    mailpit = load(out, "mailpit")
+    flask = load(out, "seed-ingest-flask")
+    gunicorn = load(out, "seed-ingest-gunicorn")
+    seed_pipe = load(out, "seed-pipeline")
+    ingest = load(out, "flatpack-ingest")
+    pipe = load(out, "flatpack-pipeline")
+    fmax = load(out, "flatpack-max")
+    frate = load(out, "flatpack-rate")
+    services = load(out, "services") or []
+    machine = load(out, "machine") or {}
+
+    def verdict(report):
+        """`clean`, or what is wrong with a loadgen HTTP report."""
+        if report is None or report.get("failed"):
+            return "missing"
+        problems = [f"{n} errors {e}" for e, n in (report.get("errors") or {}).items()]
+        for s in report.get("stages") or []:
+            if s.get("lost"):
+                problems.append(f"{len(s['lost'])} not on {s['stage']} in time")
+            if s.get("duplicated"):
+                problems.append(f"{len(s['duplicated'])} twice on {s['stage']}")
+        if get(report, "analytics", "exact") is False:
+            problems.append("totals off")
+        return "clean" if not problems else "NOT CLEAN: " + ", ".join(problems)
+
+    def clean(report):
+        """Whether a loadgen HTTP report saw no error, loss, duplicate or miscount."""
+        if report is None or report.get("failed"):
+            return False
+        if report.get("errors"):
+            return False
+        for s in report.get("stages") or []:
+            if s.get("lost") or s.get("duplicated"):
+                return False
+        return get(report, "analytics", "exact") is not False
+
+    seed_runs = [(name, r) for name, r in (("app.run", flask), ("gunicorn", gunicorn)) if r]
+    seed_best_name, seed_best = max(
+        seed_runs, key=lambda nr: nr[1].get("throughput") or 0, default=(None, None)
+    )
+
+    # The e-mail stage's rate in the max run: accepted orders over the time from the first
+    # POST to the last order_email_sent, which is at most the posting time plus the largest
+    # POST→order_email_sent latency. A lower bound, close when e-mail is the bottleneck.
+    email_stage = stage(fmax, "order_email_sent")
+    email_rate = None
+    if fmax and email_stage and email_stage.get("seen"):
+        span = fmax["post_seconds"] + email_stage["latency"]["max_ms"] / 1000.0
+        email_rate = email_stage["seen"] / span if span > 0 else None
+
+    rows = []
+
+    def row(step, figure, value, note=""):
+        rows.append((step, figure, value, note))
+
+    row("raw broker", "produce, msg/s", fmt(get(raw, "messages_per_second")),
+        f"{get(raw, 'message_bytes')} B/msg, idempotent acks=all" if raw else "missing")
+    row("Mailpit", "accepted e-mails/s", fmt(get(mailpit, "emails_per_second")),
+        f"{get(mailpit, 'concurrency')} SMTP connections" if mailpit else "missing")
+    for name, r in (("seed ingest (app.run)", flask), ("seed ingest (gunicorn)", gunicorn)):
+        row(name, "orders/s", fmt(get(r, "throughput")),
+            f"p99 POST {fmt(get(r, 'post_latency', 'p99_ms'), 1, ' ms')}" + ("" if clean(r) else ", ERRORS"))
+    row("seed pipeline", "orders/s to analytics_result", fmt(get(seed_pipe, "orders_per_second")),
+        "" if get(seed_pipe, "complete") else "INCOMPLETE")
+    row("flatpack ingest", "orders/s", fmt(get(ingest, "throughput")),
+        f"p99 POST {fmt(get(ingest, 'post_latency', 'p99_ms'), 1, ' ms')}" + ("" if clean(ingest) else ", ERRORS"))
+    row("flatpack pipeline", "orders/s to analytics_result", fmt(get(pipe, "orders_per_second")),
+        "exactly-once; " + ("exact" if get(pipe, "complete") else "INCOMPLETE"))
+    row("flatpack max", "orders/s POSTed", fmt(get(fmax, "throughput")), verdict(fmax))
+    row("flatpack max", "e-mail stage, e-mails/s", fmt(email_rate), "lower bound")
+    for label, r in (("flatpack max", fmax), (f"flatpack {fmt(machine.get('rate'))}/s", frate)):
+        if label != "flatpack max":
+            row(label, "orders/s POSTed", fmt(get(r, "throughput")), verdict(r))
+        row(label, "p99 POST", fmt(get(r, "post_latency", "p99_ms"), 1, " ms"), "target ≤ 20 ms at 1,000/s")
+        row(label, "p99 POST→order_confirmed",
+            fmt(get(stage(r, "order_confirmed"), "latency", "p99_ms"), 1, " ms"), "target ≤ 150 ms at 1,000/s")
+        row(label, "p99 POST→order_email_sent",
+            fmt(get(stage(r, "order_email_sent"), "latency", "p99_ms"), 1, " ms"), "target ≤ 300 ms at 1,000/s")
+
+    ratios = {
+        "flatpack/seed ingest": (ratio(get(ingest, "throughput"), get(seed_best, "throughput")), "≥ 20"),
+        "flatpack/seed pipeline": (ratio(get(pipe, "orders_per_second"), get(seed_pipe, "orders_per_second")), "≥ 10"),
+        "ingest/raw broker": (ratio(get(ingest, "throughput"), get(raw, "messages_per_second")), "—"),
+        "e-mail stage/Mailpit limit": (ratio(email_rate, get(mailpit, "emails_per_second")), "≥ 0.8"),
+    }
+
+    per_service = {}
+    for s in services:
+        name = s["service"]
+        agg = per_service.setdefault(name, {"peak_rss_mb": 0.0, "ready_ms": None, "steps": 0})
+        agg["peak_rss_mb"] = max(agg["peak_rss_mb"], s.get("peak_rss_mb") or 0.0)
+        if s.get("ready_ms") is not None:
+            agg["ready_ms"] = max(agg["ready_ms"] or 0, s["ready_ms"])
+        agg["steps"] += 1
+
+    width = max(len(r[0]) for r in rows) + 2
+    fwidth = max(len(r[1]) for r in rows) + 2
+    print()
+    print(f"flatpack benchmark — {machine.get('when', '?')}, {machine.get('cores', '?')} cores, "
+          f"{machine.get('orders', '?')} orders per step"
+          + (" (QUICK DRY RUN)" if machine.get("quick") else "")
+          + f", load average at end {machine.get('load_average_at_end', '?')}")
+    print()
+    for step, figure, value, note in rows:
+        print(f"  {step:<{width}}{figure:<{fwidth}}{value:>12}   {note}")
+    print()
+    print("  ratios" + " " * (width + fwidth - 6) + f"{'':>12}   target")
+    for name, (value, target) in ratios.items():
+        print(f"  {name:<{width + fwidth}}{fmt(value, 2):>12}   {target}")
+    print()
+    print(f"  {'service':<22}{'peak RSS (max)':>16}{'ready (max)':>14}   target ≤ 50 MB, ≤ 1,000 ms")
+    for name, agg in per_service.items():
+        print(f"  {name:<22}{fmt(agg['peak_rss_mb'], 1, ' MB'):>16}{fmt(agg['ready_ms'], 0, ' ms'):>14}")
+    print()
+
+    summary = {
+        "machine": machine,
+        "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
+        "ratios": {k: v[0] for k, v in ratios.items()},
+        "seed_best_ingest": seed_best_name,
+        "email_stage_per_second": email_rate,
+        "services": per_service,
+    }
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

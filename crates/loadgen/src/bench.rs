@@ -1,0 +1,523 @@
+//! The measurements of `scripts/bench.sh` besides the HTTP load of [`crate::run`]:
+//!
+//! - [`produce`]: the broker's raw produce capacity for orders as the orders service writes
+//!   them, through the same idempotent, `acks=all` producer ([`common::kafka::producer`]);
+//! - [`smtp`]: how fast the SMTP server accepts the e-mails the email service sends, through
+//!   the email service's own sender ([`email::SendEmail`]);
+//! - [`feed`]: how fast a pipeline (flatpack's or the seed's) turns orders written straight to
+//!   `order_details` into analytics totals;
+//! - [`create_topics`]: plain topics, for the seed, which creates none (the bench broker has
+//!   `auto.create.topics.enable=false`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::at_least_once::Handler;
+use common::events::{Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
+use common::{KafkaSettings, Topic, kafka};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::Latency;
+
+/// How long one write may wait for the broker's acknowledgement.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `order_details` record of order number `n`, byte for byte as the orders service writes
+/// an accepted order (the body [`crate::run`] posts, plus `time` and `schema`).
+pub fn order_record(id: &str, n: u64, price: Decimal) -> anyhow::Result<Vec<u8>> {
+    let mut body = crate::order(id, n, price);
+    body["time"] = serde_json::json!(now_epoch_seconds());
+    body["schema"] = serde_json::json!(SCHEMA_VERSION);
+    let order: Order = serde_json::from_value(body).context("building a sample order")?;
+    Ok(serde_json::to_vec(&order)?)
+}
+
+/// Writes `count` orders `<run_id>-<first>..` to `topic` with at most `in_flight`
+/// unacknowledged; returns the failures.
+async fn write_orders(
+    producer: &FutureProducer<kafka::FlatpackContext>,
+    topic: &str,
+    run_id: &str,
+    first: u64,
+    count: u64,
+    price: Decimal,
+    in_flight: usize,
+) -> anyhow::Result<u64> {
+    let failed = AtomicU64::new(0);
+    let failed_ref = &failed;
+    let records = (first..first + count)
+        .map(|n| {
+            let id = format!("{run_id}-{n}");
+            order_record(&id, n, price).map(|payload| (id, payload))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    futures::stream::iter(records)
+        .for_each_concurrent(in_flight.max(1), |(id, payload)| async move {
+            let record = FutureRecord::to(topic).key(&id).payload(&payload);
+            if producer
+                .send(record, Timeout::After(DELIVERY_TIMEOUT))
+                .await
+                .is_err()
+            {
+                failed_ref.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .await;
+    Ok(failed.into_inner())
+}
+
+/// The raw produce measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProduceReport {
+    pub topic: String,
+    pub messages: u64,
+    pub failed: u64,
+    /// The size of one record's value: one order as the orders service writes it.
+    pub message_bytes: usize,
+    pub in_flight: usize,
+    pub seconds: f64,
+    /// Acknowledged messages per second.
+    pub messages_per_second: f64,
+    pub megabytes_per_second: f64,
+}
+
+impl ProduceReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "produce: {} messages of {} bytes to {} in {:.2} s: {:.0} msg/s, {:.2} MB/s, {} failed\n",
+            self.messages,
+            self.message_bytes,
+            self.topic,
+            self.seconds,
+            self.messages_per_second,
+            self.megabytes_per_second,
+            self.failed
+        )
+    }
+}
+
+/// Writes `messages` orders to `<prefix>order_details` (created if missing) through
+/// [`common::kafka::producer`] and measures from the first write (after one warm-up message)
+/// until the last acknowledgement.
+pub async fn produce(
+    kafka_settings: &KafkaSettings,
+    messages: u64,
+    in_flight: usize,
+    price: Decimal,
+) -> anyhow::Result<ProduceReport> {
+    let topic = kafka_settings.topics().name(Topic::OrderDetails);
+    kafka::ensure_topics(kafka_settings, std::slice::from_ref(&topic)).await?;
+    let producer = kafka::producer(kafka_settings, "loadgen-produce", DELIVERY_TIMEOUT)?;
+    let run_id = format!("raw-{:08x}", rand::random::<u32>());
+    let message_bytes = order_record(&format!("{run_id}-1"), 1, price)?.len();
+    // Warm-up before the clock starts: metadata, connections and the idempotent producer id.
+    let failed = write_orders(
+        &producer,
+        &topic,
+        &format!("{run_id}-warmup"),
+        1,
+        1,
+        price,
+        1,
+    )
+    .await?;
+    anyhow::ensure!(failed == 0, "writing a warm-up message to {topic}");
+    let started = Instant::now();
+    let failed = write_orders(&producer, &topic, &run_id, 1, messages, price, in_flight).await?;
+    let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
+    let acked = messages - failed;
+    Ok(ProduceReport {
+        topic,
+        messages,
+        failed,
+        message_bytes,
+        in_flight,
+        seconds,
+        messages_per_second: acked as f64 / seconds,
+        megabytes_per_second: (acked as f64 * message_bytes as f64) / seconds / 1e6,
+    })
+}
+
+/// The SMTP measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SmtpReport {
+    pub smtp: String,
+    pub emails: u64,
+    /// Accepted by the server.
+    pub sent: u64,
+    /// Refused for good, or not sent at all.
+    pub failed: u64,
+    pub concurrency: usize,
+    pub seconds: f64,
+    /// Accepted e-mails per second.
+    pub emails_per_second: f64,
+    /// One e-mail, from the first SMTP command to the server's acceptance.
+    pub latency: Latency,
+}
+
+impl SmtpReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "smtp: {} of {} e-mails accepted by {} in {:.2} s with {} connections: {:.0} e-mails/s (p99 {:.2} ms)\n",
+            self.sent,
+            self.emails,
+            self.smtp,
+            self.seconds,
+            self.concurrency,
+            self.emails_per_second,
+            self.latency.p99_ms
+        )
+    }
+}
+
+/// The decision the email service would get for order number `n`: a confirmation of the
+/// order [`crate::run`] posts.
+fn decision(run_id: &str, n: u64, price: Decimal) -> anyhow::Result<OrderDecision> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&order_record(&format!("{run_id}-{n}"), n, price)?)?;
+    value["status"] = serde_json::json!("confirmed");
+    value["decided_at"] = serde_json::json!(now_epoch_seconds());
+    serde_json::from_value(value).context("building a sample decision")
+}
+
+/// Sends `emails` confirmations with the email service's sender, `concurrency` at a time
+/// (each on a sender and connection of its own, as that many email services would).
+pub async fn smtp(
+    settings: &email::EmailSettings,
+    emails: u64,
+    concurrency: usize,
+    price: Decimal,
+) -> anyhow::Result<SmtpReport> {
+    let run_id = format!("smtp-{:08x}", rand::random::<u32>());
+    let next = AtomicU64::new(1);
+    let sent = AtomicU64::new(0);
+    let histogram = Mutex::new(Histogram::<u64>::new(3)?);
+    // Warm-up: one connection per sender before the clock starts.
+    let mut senders = Vec::with_capacity(concurrency.max(1));
+    for _ in 0..concurrency.max(1) {
+        let mut sender = email::SendEmail::new(settings, "unused".into())?;
+        sender.handle(&decision(&run_id, 0, price)?).await?;
+        senders.push(sender);
+    }
+    let started = Instant::now();
+    let (next, sent, histogram) = (&next, &sent, &histogram);
+    let workers = senders.into_iter().map(|mut sender| {
+        let run_id = run_id.clone();
+        async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n > emails {
+                    return anyhow::Ok(());
+                }
+                let decision = decision(&run_id, n, price)?;
+                let began = Instant::now();
+                let outputs = sender.handle(&decision).await;
+                let took = began.elapsed();
+                let accepted = outputs.is_ok_and(|outputs| {
+                    outputs.iter().all(|o| {
+                        serde_json::from_slice::<serde_json::Value>(&o.payload)
+                            .is_ok_and(|v| v["status"] == serde_json::json!(true))
+                    })
+                });
+                if accepted {
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+                    let _ = histogram
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .record(micros.max(1));
+                }
+            }
+        }
+    });
+    for result in futures::future::join_all(workers).await {
+        result?;
+    }
+    let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
+    let sent = sent.load(Ordering::Relaxed);
+    let histogram = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+    Ok(SmtpReport {
+        smtp: format!("{}:{}", settings.smtp_host, settings.smtp_port),
+        emails,
+        sent,
+        failed: emails - sent,
+        concurrency: concurrency.max(1),
+        seconds,
+        emails_per_second: sent as f64 / seconds,
+        latency: Latency::of(&histogram),
+    })
+}
+
+/// The pipeline measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FeedReport {
+    pub order_details: String,
+    pub analytics_result: String,
+    pub orders: u64,
+    pub failed: u64,
+    /// Warm-up orders written before the clock started (until the pipeline answered).
+    pub warmup_orders: u64,
+    /// `total_orders_count` before the measured orders.
+    pub count_before: u64,
+    /// The highest `total_orders_count` seen at the end.
+    pub count_after: u64,
+    /// From the first order written to the last acknowledged.
+    pub write_seconds: f64,
+    /// From the first order written to the totals counting all of them.
+    pub seconds: f64,
+    /// Orders per second through the pipeline (`orders / seconds`), when complete.
+    pub orders_per_second: f64,
+    /// Every order was counted exactly once (the totals grew by exactly `orders`).
+    pub complete: bool,
+}
+
+impl FeedReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "feed: {} orders to {} written in {:.2} s, counted on {} after {:.2} s: {:.0} orders/s; count {} → {} ({})\n",
+            self.orders,
+            self.order_details,
+            self.write_seconds,
+            self.analytics_result,
+            self.seconds,
+            self.orders_per_second,
+            self.count_before,
+            self.count_after,
+            if self.complete { "exact" } else { "INCOMPLETE" }
+        )
+    }
+}
+
+/// The highest `total_orders_count` on an analytics topic, and when it was first seen.
+#[derive(Debug, Default)]
+struct Count {
+    value: Option<u64>,
+    changed: Option<Instant>,
+}
+
+/// Watches `total_orders_count` on `consumer` until `stop`.
+fn watch_count(
+    consumer: &BaseConsumer<kafka::FlatpackContext>,
+    count: &Mutex<Count>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(message) = consumer.poll(Duration::from_millis(20)) else {
+            continue;
+        };
+        let message = message.context("reading analytics results")?;
+        let Ok(value) =
+            serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
+        else {
+            continue;
+        };
+        if let Some(n) = value["total_orders_count"].as_u64() {
+            let mut count = count.lock().unwrap_or_else(PoisonError::into_inner);
+            if count.value.is_none_or(|c| n > c) {
+                count.value = Some(n);
+                count.changed = Some(Instant::now());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes orders straight to `<prefix>order_details` and times how long the pipeline takes
+/// until `<prefix>analytics_result` counts them all.
+///
+/// First it writes one warm-up order every 200 ms until a result appears (the seed's
+/// consumers read from the end and only once they are assigned, so orders written before
+/// would be missed), waits for the count to stay put for a second, and takes that as the
+/// starting point; then it writes the `orders` as fast as the producer goes.
+pub async fn feed(
+    kafka_settings: &KafkaSettings,
+    orders: u64,
+    price: Decimal,
+    in_flight: usize,
+    warmup_timeout: Duration,
+    settle_timeout: Duration,
+) -> anyhow::Result<FeedReport> {
+    let topics = kafka_settings.topics();
+    let order_details = topics.name(Topic::OrderDetails);
+    let analytics_result = topics.name(Topic::AnalyticsResult);
+    let consumer = crate::follow::consumer_at_end(kafka_settings, &analytics_result)?;
+    let count = Arc::new(Mutex::new(Count::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (count, stop) = (count.clone(), stop.clone());
+        std::thread::spawn(move || watch_count(&consumer, &count, &stop))
+    };
+    let current = || {
+        let count = count.lock().unwrap_or_else(PoisonError::into_inner);
+        (count.value, count.changed)
+    };
+    let producer = kafka::producer(kafka_settings, "loadgen-feed", DELIVERY_TIMEOUT)?;
+    let run_id = format!("feed-{:08x}", rand::random::<u32>());
+
+    let result = async {
+        // Warm up until the pipeline answers.
+        let deadline = Instant::now() + warmup_timeout;
+        let mut warmup_orders = 0;
+        while current().0.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no result on {analytics_result} within {warmup_timeout:?} of warm-up orders to {order_details}"
+            );
+            warmup_orders += 1;
+            let failed = write_orders(
+                &producer,
+                &order_details,
+                &format!("{run_id}-warmup"),
+                warmup_orders,
+                1,
+                price,
+                1,
+            )
+            .await?;
+            anyhow::ensure!(failed == 0, "writing a warm-up order to {order_details}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Let the warm-up orders still in the pipeline arrive.
+        loop {
+            let (_, changed) = current();
+            if changed.is_some_and(|c| c.elapsed() >= Duration::from_secs(1)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let count_before = current().0.unwrap_or(0);
+        let target = count_before + orders;
+
+        let started = Instant::now();
+        let failed = write_orders(
+            &producer,
+            &order_details,
+            &run_id,
+            1,
+            orders,
+            price,
+            in_flight,
+        )
+        .await?;
+        let write_seconds = started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + settle_timeout;
+        let reached = loop {
+            let (value, changed) = current();
+            if value.is_some_and(|v| v >= target) {
+                break changed;
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // A little longer, so that a count beyond the target (duplicates) is seen too.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let count_after = current().0.unwrap_or(0);
+        let seconds = reached.map_or(started.elapsed(), |at| at.saturating_duration_since(started));
+        let seconds = seconds.as_secs_f64().max(f64::EPSILON);
+        let complete = failed == 0 && count_after == target;
+        Ok(FeedReport {
+            order_details: order_details.clone(),
+            analytics_result: analytics_result.clone(),
+            orders,
+            failed,
+            warmup_orders,
+            count_before,
+            count_after,
+            write_seconds,
+            seconds,
+            orders_per_second: if reached.is_some() {
+                orders as f64 / seconds
+            } else {
+                0.0
+            },
+            complete,
+        })
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("watcher of {analytics_result} panicked"))??;
+    result
+}
+
+/// Creates `names` (after the topic prefix) with the configured partitions and replication
+/// factor and no special settings, as the seed would find them; existing ones are left alone.
+pub async fn create_topics(kafka_settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka::base_config(kafka_settings)
+        .create()
+        .context("creating Kafka admin client")?;
+    let names: Vec<String> = names
+        .iter()
+        .map(|name| format!("{}{name}", kafka_settings.topic_prefix))
+        .collect();
+    let new_topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                kafka_settings.partitions,
+                TopicReplication::Fixed(kafka_settings.replication_factor),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_raw_record_is_an_accepted_order_as_the_orders_service_writes_it() {
+        let bytes = order_record("raw-1", 1, "19.99".parse().unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["order_id"], "raw-1");
+        assert_eq!(value["order_details"]["price"], serde_json::json!(19.99));
+        assert_eq!(value["schema"], serde_json::json!(SCHEMA_VERSION));
+        assert!(value["time"].as_f64().unwrap() > 0.0);
+        let _: Order = serde_json::from_slice(&bytes).unwrap();
+    }
+
+    #[test]
+    fn the_smtp_decision_is_a_confirmation_the_email_templates_render() {
+        let decision = decision("smtp-1", 7, "349".parse().unwrap()).unwrap();
+        assert_eq!(decision.order.order_id.to_string(), "smtp-1-7");
+        let rendered = email::templates::render(&decision).unwrap();
+        assert!(
+            rendered.subject.contains("smtp-1-7"),
+            "{}",
+            rendered.subject
+        );
+    }
+
+    #[test]
+    fn the_seed_reads_the_feed_price_with_int() {
+        // The seed's analytics does int(order_details['price']): a whole number is needed.
+        let bytes = order_record("feed-1", 1, "349".parse().unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["order_details"]["price"], serde_json::json!(349));
+    }
+}

@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The benchmark of issue 5: flatpack against the seed and against the broker's and Mailpit's
+# own limits, on one local broker in one run. See --help and BENCHMARKS.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+cd "$root"
+
+usage() {
+  cat <<'TXT'
+Usage: scripts/bench.sh [options]
+
+Runs, on one local Kafka broker (scripts/kafka.sh) and one Mailpit (scripts/mailpit.sh),
+both started here and stopped on exit:
+
+  1. raw-broker       the broker's produce capacity for orders as the orders service writes
+                      them (loadgen produce: the services' idempotent acks=all producer)
+  2. mailpit          Mailpit's acceptance rate for the e-mails the email service sends
+                      (loadgen smtp: the email crate's sender, --smtp-concurrency senders)
+  3. seed-ingest-*    the seed's orders backend (bench/seed/, Flask + kafka-python) under the
+                      same HTTP load as flatpack's, run as the seed runs it (app.run) and under
+                      gunicorn; the better counts
+     seed-pipeline    the seed's transactions + analytics backends: orders written straight to
+                      order_details until analytics_result counts them (loadgen feed)
+  4. flatpack-ingest  flatpack's orders service alone under that HTTP load
+     flatpack-pipeline  the five services (release build, exactly-once), the same feed
+     flatpack-max     the five services, HTTP load as fast as it goes, every order followed
+                      to order_confirmed, order_email_sent and analytics_result
+     flatpack-rate    the same at a fixed --rate (default 1000 orders/s)
+  5. services         each service's peak RSS (VmHWM) and time from exec to ready
+
+Each step writes <step>.json into the output dir (and its processes' logs into logs/);
+summary.json and a table of figures and ratios come last. Each flatpack step has a
+FLATPACK_TOPIC_PREFIX of its own; the seed uses its fixed, unprefixed topic names, which no
+flatpack step uses, on this run's fresh broker.
+
+Options:
+  --orders N             Orders per step (default 20000)
+  --quick                A small dry run: 500 orders and 200 e-mails unless given, short waits
+  --emails N             E-mails for the Mailpit step (default: orders / 4)
+  --concurrency C        HTTP connections of the load generator (default 32)
+  --smtp-concurrency C   SMTP senders for the Mailpit step (default 8)
+  --rate R               Orders per second of the fixed-rate step (default 1000)
+  --rate-orders N        Orders of the fixed-rate step (default: --orders)
+  --settle-seconds S     How long a step waits, after its last order, for every order to
+                         arrive downstream before it counts the missing ones as lost
+                         (default 300; 60 with --quick)
+  --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
+  --out DIR              Output dir (default target/bench/<UTC timestamp>)
+  --no-build             Use the release binaries as they are
+  -h, --help             This help
+
+Installs (idempotent, under ${FLATPACK_CACHE_DIR:-$HOME/.cache/flatpack}): Kafka and
+Mailpit through their scripts, and a Python venv (seed-venv/) with bench/seed/requirements.txt
+(reinstalled only when that file changes). Needs cargo, python3 (with venv), curl, jq.
+TXT
+}
+
+orders="" quick=0 emails="" concurrency=32 smtp_concurrency=8 rate=1000 rate_orders=""
+gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
+need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --orders) need "$@"; orders=$2; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --emails) need "$@"; emails=$2; shift 2 ;;
+    --concurrency) need "$@"; concurrency=$2; shift 2 ;;
+    --smtp-concurrency) need "$@"; smtp_concurrency=$2; shift 2 ;;
+    --rate) need "$@"; rate=$2; shift 2 ;;
+    --rate-orders) need "$@"; rate_orders=$2; shift 2 ;;
+    --settle-seconds) need "$@"; settle=$2; shift 2 ;;
+    --gunicorn-workers) need "$@"; gunicorn_workers=$2; shift 2 ;;
+    --out) need "$@"; out=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "bench.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+warmup=120
+if ((quick)); then
+  orders=${orders:-500} emails=${emails:-200} settle=${settle:-60}
+fi
+settle=${settle:-300}
+orders=${orders:-20000}
+emails=${emails:-$((orders / 4))}
+rate_orders=${rate_orders:-$orders}
+for n in orders emails concurrency smtp_concurrency rate_orders gunicorn_workers settle; do
+  [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --${n//_/-} must be a positive integer" >&2; exit 2; }
+done
+
+cache=${FLATPACK_CACHE_DIR:-$HOME/.cache/flatpack}
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+out=${out:-$root/target/bench/$stamp}
+mkdir -p "$out/logs"
+out=$(cd "$out" && pwd)
+logs=$out/logs
+work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-bench.XXXXXX")
+bin=$root/target/release
+
+log() { echo "bench.sh: $*" >&2; }
+
+# --- processes: each in a process group of its own, stopped by that group's id -------------
+declare -A live=()
+stop_group() { # <pid>: SIGTERM the group, SIGKILL after 10 s
+  local pid=$1 i
+  [[ -n "${live[$pid]:-}" ]] || return 0
+  unset "live[$pid]"
+  kill -TERM -- "-$pid" 2>/dev/null || return 0
+  for ((i = 0; i < 100; i++)); do
+    kill -0 -- "-$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  trap - EXIT INT TERM
+  local pid
+  for pid in "${!live[@]}"; do stop_group "$pid"; done
+  "$here/mailpit.sh" stop --data-dir "$work/mailpit" >/dev/null 2>&1 || true
+  "$here/kafka.sh" stop --data-dir "$work/kafka" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now_ns() { date +%s%N; }
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Starts "$@" in its own process group with its output in $logs/<name>.log; sets
+# started_pid and started_ns.
+start() { # <name> <cmd...>
+  local name=$1; shift
+  started_ns=$(now_ns)
+  setsid "$@" >"$logs/$name.log" 2>&1 &
+  started_pid=$!
+  live[$started_pid]=1
+}
+
+# Waits until <probe> succeeds; prints the milliseconds since <start-ns>, or fails.
+wait_ready() { # <name> <pid> <start-ns> <timeout-s> <probe...>
+  local name=$1 pid=$2 start_ns=$3 timeout=$4; shift 4
+  local deadline=$(($(now_ns) + timeout * 1000000000))
+  until "$@" >/dev/null 2>&1; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited before it was ready; its log ($logs/$name.log) ends:"
+      tail -n 20 "$logs/$name.log" >&2
+      return 1
+    fi
+    if (($(now_ns) > deadline)); then
+      log "$name not ready within ${timeout}s; see $logs/$name.log"
+      return 1
+    fi
+    sleep 0.01
+  done
+  echo $((($(now_ns) - start_ns) / 1000000))
+}
+http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
+http_answers() { curl -sS -o /dev/null --max-time 1 "$1"; }
+log_has() { grep -q -- "$2" "$1"; }
+
+# Peak RSS in kB of the process group <pid> (the largest of its processes).
+peak_rss_kb() { # <pid>
+  local p max=0 kb
+  for p in $(pgrep -g "$1" || true); do
+    kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status" 2>/dev/null || true)
+    [[ -n "$kb" ]] && ((kb > max)) && max=$kb
+  done
+  echo "$max"
+}
+
+# Service records: one JSON object per started service, in $work/services.jsonl.
+record_service() { # <step> <name> <ready-ms or null> <pid>
+  local rss
+  rss=$(peak_rss_kb "$4")
+  jq -cn --arg step "$1" --arg name "$2" --argjson ready "$3" --argjson rss "$rss" \
+    '{step: $step, service: $name, ready_ms: $ready, peak_rss_mb: ($rss / 1024)}' \
+    >>"$work/services.jsonl"
+}
+
+# Runs loadgen; a run that reports loss or errors exits 1 but still wrote its JSON.
+loadgen() { # <step> <args...>
+  local step=$1; shift
+  local rc=0
+  log "step $step: loadgen $*"
+  "$bin/loadgen" "$@" --json "$out/$step.json" 2> >(tee "$logs/loadgen-$step.log" >&2) || rc=$?
+  if ((rc != 0)); then
+    log "step $step: loadgen exited $rc (see $logs/loadgen-$step.log)"
+    [[ -s "$out/$step.json" ]] || echo '{"failed": true}' >"$out/$step.json"
+  fi
+}
+
+# --- installs ------------------------------------------------------------------------------
+if ((build)); then
+  log "building the release binaries"
+  cargo build --release --bins --locked
+fi
+venv=$cache/seed-venv
+req=$root/bench/seed/requirements.txt
+req_sum=$(sha256sum "$req" | cut -d' ' -f1)
+if [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null || true)" != "$req_sum" ]]; then
+  log "installing the seed's Python dependencies into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet -r "$req"
+  echo "$req_sum" >"$venv/.requirements.sha256"
+fi
+
+# --- broker and Mailpit --------------------------------------------------------------------
+export_lines() {
+  local line
+  while IFS= read -r line; do
+    [[ "$line" == *=* ]] && export "${line?}"
+  done <<<"$1"
+}
+log "starting Kafka"
+export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)"
+log "starting Mailpit"
+export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
+export SMTP_HOST=127.0.0.1 SMTP_PORT=${MAILPIT_SMTP##*:}
+export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
+: >"$work/services.jsonl"
+
+# --- 1. raw broker -------------------------------------------------------------------------
+FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
+
+# --- 2. Mailpit ----------------------------------------------------------------------------
+loadgen mailpit smtp --emails "$emails" --concurrency "$smtp_concurrency"
+
+# --- 3. the seed ---------------------------------------------------------------------------
+export KAFKA_SERVER_ADDRESS=$KAFKA_BOOTSTRAP_SERVERS
+FLATPACK_TOPIC_PREFIX="" "$bin/loadgen" topics order_details order_confirmed order_email_sent analytics_result
+seed=$root/bench/seed
+
+seed_port=$(free_port)
+start seed-orders-flask env SEED_ORDERS_PORT="$seed_port" PYTHONUNBUFFERED=1 \
+  "$venv/bin/python" "$seed/orders_backend.py"
+pid=$started_pid
+ready=$(wait_ready seed-orders-flask "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
+loadgen seed-ingest-flask --url "http://127.0.0.1:$seed_port" --orders "$orders" \
+  --concurrency "$concurrency" --no-follow
+record_service seed-ingest-flask seed-orders "$ready" "$pid"
+stop_group "$pid"
+
+seed_port=$(free_port)
+start seed-orders-gunicorn "$venv/bin/gunicorn" --chdir "$seed" -w "$gunicorn_workers" \
+  -b "127.0.0.1:$seed_port" orders_backend:app
+pid=$started_pid
+ready=$(wait_ready seed-orders-gunicorn "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
+loadgen seed-ingest-gunicorn --url "http://127.0.0.1:$seed_port" --orders "$orders" \
+  --concurrency "$concurrency" --no-follow
+record_service seed-ingest-gunicorn seed-orders "$ready" "$pid"
+stop_group "$pid"
+
+# The seed's consumers have no group and start at the end of their topics: the feed's warm-up
+# orders tell when they are reading; the orders of the ingest steps above are never seen.
+start seed-transactions env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/transactions_backend.py"
+seed_tx=$started_pid
+start seed-analytics env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/analytics_backend.py"
+seed_an=$started_pid
+FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" \
+  --warmup-seconds "$warmup" --settle-seconds "$settle"
+record_service seed-pipeline seed-transactions null "$seed_tx"
+record_service seed-pipeline seed-analytics null "$seed_an"
+stop_group "$seed_tx"
+stop_group "$seed_an"
+
+# --- 4. flatpack ---------------------------------------------------------------------------
+# Starts the given services with the step's topic prefix and waits for each to be ready.
+declare -A svc_pid svc_ready
+start_flatpack() { # <step> <service...>
+  local step=$1 name probe; shift
+  orders_addr=127.0.0.1:$(free_port)
+  dashboard_addr=127.0.0.1:$(free_port)
+  svc_pid=() svc_ready=()
+  for name in "$@"; do
+    start "$step-$name" env FLATPACK_TOPIC_PREFIX="bench.$step." \
+      ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
+      TRANSACTIONS_INSTANCE_ID="bench-$step" "$bin/$name"
+    svc_pid[$name]=$started_pid
+    case "$name" in
+      orders) probe=(http_ok "http://$orders_addr/readyz") ;;
+      dashboard) probe=(http_ok "http://$dashboard_addr/readyz") ;;
+      *) probe=(log_has "$logs/$step-$name.log" "partitions assigned") ;;
+    esac
+    svc_ready[$name]=$(wait_ready "$step-$name" "$started_pid" "$started_ns" 60 "${probe[@]}")
+    log "step $step: $name ready after ${svc_ready[$name]} ms"
+  done
+}
+stop_flatpack() { # <step>
+  local name
+  for name in "${!svc_pid[@]}"; do
+    record_service "$1" "$name" "${svc_ready[$name]}" "${svc_pid[$name]}"
+    stop_group "${svc_pid[$name]}"
+  done
+}
+all=(orders transactions analytics email dashboard)
+
+start_flatpack ingest orders
+FLATPACK_TOPIC_PREFIX="bench.ingest." loadgen flatpack-ingest --url "http://$orders_addr" \
+  --orders "$orders" --concurrency "$concurrency" --no-follow
+stop_flatpack flatpack-ingest
+
+start_flatpack pipeline "${all[@]}"
+FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
+  --warmup-seconds "$warmup" --settle-seconds "$settle"
+stop_flatpack flatpack-pipeline
+
+start_flatpack max "${all[@]}"
+FLATPACK_TOPIC_PREFIX="bench.max." loadgen flatpack-max --url "http://$orders_addr" \
+  --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle"
+stop_flatpack flatpack-max
+
+start_flatpack rate "${all[@]}"
+FLATPACK_TOPIC_PREFIX="bench.rate." loadgen flatpack-rate --url "http://$orders_addr" \
+  --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
+stop_flatpack flatpack-rate
+
+# --- 5. services, summary ------------------------------------------------------------------
+jq -s '.' "$work/services.jsonl" >"$out/services.json"
+jq -n --arg dir "$out" --arg when "$stamp" --arg host "$(uname -srm)" \
+  --argjson cores "$(nproc)" --argjson orders "$orders" --argjson rate "$rate" \
+  --argjson quick "$quick" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  '{dir: $dir, when: $when, host: $host, cores: $cores, orders: $orders, rate: $rate,
+    quick: ($quick == 1), load_average_at_end: $load}' >"$out/machine.json"
+python3 "$root/bench/report.py" "$out"
+log "results in $out"
