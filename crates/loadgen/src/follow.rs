@@ -78,6 +78,29 @@ pub fn consumer_at_end(
         &format!("loadgen-{:08x}", rand::random::<u32>()),
     )?;
     let timeout = Duration::from_secs(10);
+    // A topic created a moment ago may not be in the metadata yet, nor have a leader to say
+    // where it ends: ask again for a while.
+    let deadline = Instant::now() + timeout;
+    let assignment = loop {
+        match end_offsets(&consumer, topic, timeout) {
+            Ok(assignment) if assignment.count() > 0 => break assignment,
+            Ok(_) if Instant::now() >= deadline => {
+                anyhow::bail!("topic {topic} does not exist (start the services first)")
+            }
+            Err(err) if Instant::now() >= deadline => return Err(err),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    consumer.assign(&assignment)?;
+    Ok(consumer)
+}
+
+/// Every partition of `topic` at its end as it is now.
+fn end_offsets(
+    consumer: &BaseConsumer<kafka::FlatpackContext>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<TopicPartitionList> {
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading the partitions of {topic}"))?;
@@ -88,12 +111,7 @@ pub fn consumer_at_end(
             .with_context(|| format!("reading the end of {topic}"))?;
         assignment.add_partition_offset(topic, partition.id(), Offset::Offset(high))?;
     }
-    anyhow::ensure!(
-        assignment.count() > 0,
-        "topic {topic} does not exist (start the services first)"
-    );
-    consumer.assign(&assignment)?;
-    Ok(consumer)
+    Ok(assignment)
 }
 
 fn read(
