@@ -184,7 +184,12 @@ fp_spawn_watchdog() { # <owner-pid> <pid> <pidfile> <wdfile> <timeout> <label> <
     rm -f -- "$wdfile"
     return 0
   fi
-  kill -0 "$owner" 2>/dev/null || fp_die "owner pid $owner does not run"
+  if ! kill -0 "$owner" 2>/dev/null; then
+    # Nobody would ever stop it: do not leave it running.
+    fp_terminate "$pid" "$timeout" "$label"
+    rm -f -- "$pidfile"
+    fp_die "owner pid $owner does not run; $label stopped again"
+  fi
   fp_log "$label stops when pid $owner ($(tr '\0' ' ' <"/proc/$owner/cmdline" 2>/dev/null | cut -c1-60)) exits (--owner-pid 0: never)"
   # bash -c with the arguments spelled out, so the marker is in its cmdline.
   # shellcheck disable=SC2016

@@ -56,16 +56,16 @@ step "container files (compose config with the real compose CLI, hadolint)"
 
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   step "starting Apache Kafka from the Maven Central jars"
+  started_kafka=1 # before the start, so that a start failing half-way is stopped too
   out=$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)
-  started_kafka=1
   fp_export_lines "$out"
 fi
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 
 if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   step "starting Mailpit"
-  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)
   started_mailpit=1
+  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)
   fp_export_lines "$out"
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
