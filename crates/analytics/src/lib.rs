@@ -204,14 +204,10 @@ pub async fn run(
     settings: AnalyticsSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let topics = kafka_settings.topics();
-    kafka::ensure_topics(
+    kafka::ensure_stage_topics(
         &kafka_settings,
-        &[
-            topics.name(Topic::OrderConfirmed),
-            topics.name(Topic::AnalyticsResult),
-            topics.dlq(Topic::OrderConfirmed),
-        ],
+        Topic::OrderConfirmed,
+        Topic::AnalyticsResult,
     )
     .await?;
     common::shutdown::run_blocking_until(shutdown, move |stop| {

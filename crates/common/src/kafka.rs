@@ -270,6 +270,21 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
     Ok(())
 }
 
+/// Creates what a consuming service needs: the topic it reads, that topic's dead-letter
+/// topic, and the topic it writes.
+pub async fn ensure_stage_topics(
+    settings: &KafkaSettings,
+    source: Topic,
+    output: Topic,
+) -> anyhow::Result<()> {
+    let topics = settings.topics();
+    ensure_topics(
+        settings,
+        &[topics.name(source), topics.dlq(source), topics.name(output)],
+    )
+    .await
+}
+
 /// Asks the cluster for the metadata of `topic`: the readiness probe of every service.
 pub fn broker_answers<C: ClientContext>(
     client: &rdkafka::client::Client<C>,

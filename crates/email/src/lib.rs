@@ -160,13 +160,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
-    kafka::ensure_topics(
+    kafka::ensure_stage_topics(
         &kafka_settings,
-        &[
-            topics.name(Topic::OrderConfirmed),
-            topics.name(Topic::OrderEmailSent),
-            topics.dlq(Topic::OrderConfirmed),
-        ],
+        Topic::OrderConfirmed,
+        Topic::OrderEmailSent,
     )
     .await?;
     let handler = SendEmail::new(&settings, topics.name(Topic::OrderEmailSent))?;

@@ -138,15 +138,7 @@ pub async fn run<P: PaymentCheck>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
-    kafka::ensure_topics(
-        &kafka_settings,
-        &[
-            topics.name(Topic::OrderDetails),
-            topics.name(Topic::OrderConfirmed),
-            topics.dlq(Topic::OrderDetails),
-        ],
-    )
-    .await?;
+    kafka::ensure_stage_topics(&kafka_settings, Topic::OrderDetails, Topic::OrderConfirmed).await?;
     let config = ExactlyOnceConfig {
         service: "transactions",
         source: Topic::OrderDetails,
