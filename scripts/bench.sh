@@ -6,6 +6,9 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
+FP_NAME=bench.sh
+# shellcheck source=scripts/lib.sh
+source "$here/lib.sh"
 
 usage() {
   cat <<'TXT'
@@ -98,7 +101,6 @@ logs=$out/logs
 work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-bench.XXXXXX")
 bin=$root/target/release
 
-log() { echo "bench.sh: $*" >&2; }
 
 # --- processes: each in a process group of its own, stopped by that group's id -------------
 declare -A live=()
@@ -126,9 +128,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now_ns() { date +%s%N; }
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # Starts "$@" in its own process group with its output in $logs/<name>.log; sets
 # started_pid and started_ns.
@@ -146,19 +145,18 @@ wait_ready() { # <name> <pid> <start-ns> <timeout-s> <probe...>
   local deadline=$(($(now_ns) + timeout * 1000000000))
   until "$@" >/dev/null 2>&1; do
     if ! kill -0 "$pid" 2>/dev/null; then
-      log "$name exited before it was ready; its log ($logs/$name.log) ends:"
+      fp_log "$name exited before it was ready; its log ($logs/$name.log) ends:"
       tail -n 20 "$logs/$name.log" >&2
       return 1
     fi
     if (($(now_ns) > deadline)); then
-      log "$name not ready within ${timeout}s; see $logs/$name.log"
+      fp_log "$name not ready within ${timeout}s; see $logs/$name.log"
       return 1
     fi
     sleep 0.01
   done
   echo $((($(now_ns) - start_ns) / 1000000))
 }
-http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
 http_answers() { curl -sS -o /dev/null --max-time 1 "$1"; }
 log_has() { grep -q -- "$2" "$1"; }
 
@@ -185,24 +183,24 @@ record_service() { # <step> <name> <ready-ms or null> <pid>
 loadgen() { # <step> <args...>
   local step=$1; shift
   local rc=0
-  log "step $step: loadgen $*"
+  fp_log "step $step: loadgen $*"
   "$bin/loadgen" "$@" --json "$out/$step.json" 2> >(tee "$logs/loadgen-$step.log" >&2) || rc=$?
   if ((rc != 0)); then
-    log "step $step: loadgen exited $rc (see $logs/loadgen-$step.log)"
+    fp_log "step $step: loadgen exited $rc (see $logs/loadgen-$step.log)"
     [[ -s "$out/$step.json" ]] || echo '{"failed": true}' >"$out/$step.json"
   fi
 }
 
 # --- installs ------------------------------------------------------------------------------
 if ((build)); then
-  log "building the release binaries"
+  fp_log "building the release binaries"
   cargo build --release --bins --locked
 fi
 venv=$cache/seed-venv
 req=$root/bench/seed/requirements.txt
 req_sum=$(sha256sum "$req" | cut -d' ' -f1)
 if [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null || true)" != "$req_sum" ]]; then
-  log "installing the seed's Python dependencies into $venv"
+  fp_log "installing the seed's Python dependencies into $venv"
   rm -rf "$venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet -r "$req"
@@ -210,16 +208,10 @@ if [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null || true)" != "$req_sum" ]]
 fi
 
 # --- broker and Mailpit --------------------------------------------------------------------
-export_lines() {
-  local line
-  while IFS= read -r line; do
-    [[ "$line" == *=* ]] && export "${line?}"
-  done <<<"$1"
-}
-log "starting Kafka"
-export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)"
-log "starting Mailpit"
-export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
+fp_log "starting Kafka"
+fp_export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)"
+fp_log "starting Mailpit"
+fp_export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
 export SMTP_HOST=127.0.0.1 SMTP_PORT=${MAILPIT_SMTP##*:}
 export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
 : >"$work/services.jsonl"
@@ -235,25 +227,26 @@ export KAFKA_SERVER_ADDRESS=$KAFKA_BOOTSTRAP_SERVERS
 FLATPACK_TOPIC_PREFIX="" "$bin/loadgen" topics order_details order_confirmed order_email_sent analytics_result
 seed=$root/bench/seed
 
-seed_port=$(free_port)
-start seed-orders-flask env SEED_ORDERS_PORT="$seed_port" PYTHONUNBUFFERED=1 \
-  "$venv/bin/python" "$seed/orders_backend.py"
-pid=$started_pid
-ready=$(wait_ready seed-orders-flask "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
-loadgen seed-ingest-flask --url "http://127.0.0.1:$seed_port" --orders "$orders" \
-  --concurrency "$concurrency" --no-follow
-record_service seed-ingest-flask seed-orders "$ready" "$pid"
-stop_group "$pid"
+# Puts the seed's orders backend, started by <cmd...> on $seed_port, under the ingest load.
+seed_ingest() { # <variant> <cmd...>
+  local variant=$1 pid ready
+  shift
+  start "seed-orders-$variant" "$@"
+  pid=$started_pid
+  ready=$(wait_ready "seed-orders-$variant" "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
+  loadgen "seed-ingest-$variant" --url "http://127.0.0.1:$seed_port" --orders "$orders" \
+    --concurrency "$concurrency" --no-follow
+  record_service "seed-ingest-$variant" seed-orders "$ready" "$pid"
+  stop_group "$pid"
+}
 
-seed_port=$(free_port)
-start seed-orders-gunicorn "$venv/bin/gunicorn" --chdir "$seed" -w "$gunicorn_workers" \
+seed_port=$(fp_free_ports 1)
+seed_ingest flask env SEED_ORDERS_PORT="$seed_port" PYTHONUNBUFFERED=1 \
+  "$venv/bin/python" "$seed/orders_backend.py"
+
+seed_port=$(fp_free_ports 1)
+seed_ingest gunicorn "$venv/bin/gunicorn" --chdir "$seed" -w "$gunicorn_workers" \
   -b "127.0.0.1:$seed_port" orders_backend:app
-pid=$started_pid
-ready=$(wait_ready seed-orders-gunicorn "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
-loadgen seed-ingest-gunicorn --url "http://127.0.0.1:$seed_port" --orders "$orders" \
-  --concurrency "$concurrency" --no-follow
-record_service seed-ingest-gunicorn seed-orders "$ready" "$pid"
-stop_group "$pid"
 
 # The seed's consumers have no group and start at the end of their topics: the feed's warm-up
 # orders tell when they are reading; the orders of the ingest steps above are never seen.
@@ -273,8 +266,8 @@ stop_group "$seed_an"
 declare -A svc_pid svc_ready
 start_flatpack() { # <step> <service...>
   local step=$1 name probe; shift
-  orders_addr=127.0.0.1:$(free_port)
-  dashboard_addr=127.0.0.1:$(free_port)
+  orders_addr=127.0.0.1:$(fp_free_ports 1)
+  dashboard_addr=127.0.0.1:$(fp_free_ports 1)
   svc_pid=() svc_ready=()
   for name in "$@"; do
     start "$step-$name" env FLATPACK_TOPIC_PREFIX="bench.$step." \
@@ -282,12 +275,12 @@ start_flatpack() { # <step> <service...>
       TRANSACTIONS_INSTANCE_ID="bench-$step" "$bin/$name"
     svc_pid[$name]=$started_pid
     case "$name" in
-      orders) probe=(http_ok "http://$orders_addr/readyz") ;;
-      dashboard) probe=(http_ok "http://$dashboard_addr/readyz") ;;
+      orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
+      dashboard) probe=(fp_http_ok "http://$dashboard_addr/readyz") ;;
       *) probe=(log_has "$logs/$step-$name.log" "partitions assigned") ;;
     esac
     svc_ready[$name]=$(wait_ready "$step-$name" "$started_pid" "$started_ns" 60 "${probe[@]}")
-    log "step $step: $name ready after ${svc_ready[$name]} ms"
+    fp_log "step $step: $name ready after ${svc_ready[$name]} ms"
   done
 }
 stop_flatpack() { # <step>
@@ -327,4 +320,4 @@ jq -n --arg dir "$out" --arg when "$stamp" --arg host "$(uname -srm)" \
   '{dir: $dir, when: $when, host: $host, cores: $cores, orders: $orders, rate: $rate,
     quick: ($quick == 1), load_average_at_end: $load}' >"$out/machine.json"
 python3 "$root/bench/report.py" "$out"
-log "results in $out"
+fp_log "results in $out"
