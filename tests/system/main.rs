@@ -13,6 +13,7 @@ mod email;
 mod helpers;
 mod loadgen;
 mod orders_api;
+mod scripts;
 mod transactions;
 
 /// Skips the test (loudly) when there is no broker outside CI; see [`helpers::broker`].
