@@ -50,6 +50,9 @@ Options:
                          arrive downstream before it counts the missing ones as lost
                          (default 300; 60 with --quick)
   --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
+  --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
+                         raw-broker, mailpit, seed-ingest, seed-pipeline, flatpack-ingest,
+                         flatpack-pipeline, flatpack-max, flatpack-rate (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -62,6 +65,8 @@ TXT
 
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=8 rate=1000 rate_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
+all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-max flatpack-rate"
+steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -74,6 +79,7 @@ while [[ $# -gt 0 ]]; do
     --rate-orders) need "$@"; rate_orders=$2; shift 2 ;;
     --settle-seconds) need "$@"; settle=$2; shift 2 ;;
     --gunicorn-workers) need "$@"; gunicorn_workers=$2; shift 2 ;;
+    --steps) need "$@"; steps=${2//,/ }; shift 2 ;;
     --out) need "$@"; out=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -88,6 +94,10 @@ settle=${settle:-300}
 orders=${orders:-20000}
 emails=${emails:-$((orders / 4))}
 rate_orders=${rate_orders:-$orders}
+for step in $steps; do
+  [[ " $all_steps " == *" $step "* ]] || { echo "bench.sh: unknown step '$step' (see --help)" >&2; exit 2; }
+done
+wants() { [[ " $steps " == *" $1 "* ]]; } # <step>: whether this run includes it
 for n in orders emails concurrency smtp_concurrency rate_orders gunicorn_workers settle; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --${n//_/-} must be a positive integer" >&2; exit 2; }
 done
@@ -199,7 +209,8 @@ fi
 venv=$cache/seed-venv
 req=$root/bench/seed/requirements.txt
 req_sum=$(sha256sum "$req" | cut -d' ' -f1)
-if [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null || true)" != "$req_sum" ]]; then
+if { wants seed-ingest || wants seed-pipeline; } &&
+  [[ "$(cat "$venv/.requirements.sha256" 2>/dev/null || true)" != "$req_sum" ]]; then
   fp_log "installing the seed's Python dependencies into $venv"
   rm -rf "$venv"
   python3 -m venv "$venv"
@@ -217,10 +228,14 @@ export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
 : >"$work/services.jsonl"
 
 # --- 1. raw broker -------------------------------------------------------------------------
-FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
+if wants raw-broker; then
+  FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
+fi
 
 # --- 2. Mailpit ----------------------------------------------------------------------------
-loadgen mailpit smtp --emails "$emails" --concurrency "$smtp_concurrency"
+if wants mailpit; then
+  loadgen mailpit smtp --emails "$emails" --concurrency "$smtp_concurrency"
+fi
 
 # --- 3. the seed ---------------------------------------------------------------------------
 export KAFKA_SERVER_ADDRESS=$KAFKA_BOOTSTRAP_SERVERS
@@ -240,26 +255,30 @@ seed_ingest() { # <variant> <cmd...>
   stop_group "$pid"
 }
 
-seed_port=$(fp_free_ports 1)
-seed_ingest flask env SEED_ORDERS_PORT="$seed_port" PYTHONUNBUFFERED=1 \
-  "$venv/bin/python" "$seed/orders_backend.py"
+if wants seed-ingest; then
+  seed_port=$(fp_free_ports 1)
+  seed_ingest flask env SEED_ORDERS_PORT="$seed_port" PYTHONUNBUFFERED=1 \
+    "$venv/bin/python" "$seed/orders_backend.py"
 
-seed_port=$(fp_free_ports 1)
-seed_ingest gunicorn "$venv/bin/gunicorn" --chdir "$seed" -w "$gunicorn_workers" \
-  -b "127.0.0.1:$seed_port" orders_backend:app
+  seed_port=$(fp_free_ports 1)
+  seed_ingest gunicorn "$venv/bin/gunicorn" --chdir "$seed" -w "$gunicorn_workers" \
+    -b "127.0.0.1:$seed_port" orders_backend:app
+fi
 
 # The seed's consumers have no group and start at the end of their topics: the feed's warm-up
 # orders tell when they are reading; the orders of the ingest steps above are never seen.
-start seed-transactions env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/transactions_backend.py"
-seed_tx=$started_pid
-start seed-analytics env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/analytics_backend.py"
-seed_an=$started_pid
-FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" \
-  --warmup-seconds "$warmup" --settle-seconds "$settle"
-record_service seed-pipeline seed-transactions null "$seed_tx"
-record_service seed-pipeline seed-analytics null "$seed_an"
-stop_group "$seed_tx"
-stop_group "$seed_an"
+if wants seed-pipeline; then
+  start seed-transactions env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/transactions_backend.py"
+  seed_tx=$started_pid
+  start seed-analytics env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/analytics_backend.py"
+  seed_an=$started_pid
+  FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" \
+    --warmup-seconds "$warmup" --settle-seconds "$settle"
+  record_service seed-pipeline seed-transactions null "$seed_tx"
+  record_service seed-pipeline seed-analytics null "$seed_an"
+  stop_group "$seed_tx"
+  stop_group "$seed_an"
+fi
 
 # --- 4. flatpack ---------------------------------------------------------------------------
 # Starts the given services with the step's topic prefix and waits for each to be ready.
@@ -292,25 +311,33 @@ stop_flatpack() { # <step>
 }
 all=(orders transactions analytics email dashboard)
 
-start_flatpack ingest orders
-FLATPACK_TOPIC_PREFIX="bench.ingest." loadgen flatpack-ingest --url "http://$orders_addr" \
-  --orders "$orders" --concurrency "$concurrency" --no-follow
-stop_flatpack flatpack-ingest
+if wants flatpack-ingest; then
+  start_flatpack ingest orders
+  FLATPACK_TOPIC_PREFIX="bench.ingest." loadgen flatpack-ingest --url "http://$orders_addr" \
+    --orders "$orders" --concurrency "$concurrency" --no-follow
+  stop_flatpack flatpack-ingest
+fi
 
-start_flatpack pipeline "${all[@]}"
-FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
-  --warmup-seconds "$warmup" --settle-seconds "$settle"
-stop_flatpack flatpack-pipeline
+if wants flatpack-pipeline; then
+  start_flatpack pipeline "${all[@]}"
+  FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
+    --warmup-seconds "$warmup" --settle-seconds "$settle"
+  stop_flatpack flatpack-pipeline
+fi
 
-start_flatpack max "${all[@]}"
-FLATPACK_TOPIC_PREFIX="bench.max." loadgen flatpack-max --url "http://$orders_addr" \
-  --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle"
-stop_flatpack flatpack-max
+if wants flatpack-max; then
+  start_flatpack max "${all[@]}"
+  FLATPACK_TOPIC_PREFIX="bench.max." loadgen flatpack-max --url "http://$orders_addr" \
+    --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle"
+  stop_flatpack flatpack-max
+fi
 
-start_flatpack rate "${all[@]}"
-FLATPACK_TOPIC_PREFIX="bench.rate." loadgen flatpack-rate --url "http://$orders_addr" \
-  --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
-stop_flatpack flatpack-rate
+if wants flatpack-rate; then
+  start_flatpack rate "${all[@]}"
+  FLATPACK_TOPIC_PREFIX="bench.rate." loadgen flatpack-rate --url "http://$orders_addr" \
+    --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
+  stop_flatpack flatpack-rate
+fi
 
 # --- 5. services, summary ------------------------------------------------------------------
 jq -s '.' "$work/services.jsonl" >"$out/services.json"

@@ -167,6 +167,10 @@ pub fn transactional_producer(
             transaction_timeout.as_millis().to_string(),
         );
     set_default(&mut config, "linger.ms", "5");
+    // Right after a commit the coordinator answers the next transaction's first request with
+    // CONCURRENT_TRANSACTIONS until the commit markers are written, which takes milliseconds;
+    // librdkafka's default 100 ms backoff would add that much to every transaction.
+    set_default(&mut config, "retry.backoff.ms", "10");
     set_default(&mut config, "client.id", client);
     config
         .create_with_context(FlatpackContext { client })

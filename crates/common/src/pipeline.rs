@@ -232,8 +232,10 @@ fn collect_batch(
         let timeout = match deadline {
             None if stop.is_cancelled() => return,
             None => IDLE_POLL,
+            // Whole milliseconds: librdkafka takes the timeout in ms, and a poll for less than
+            // one returns at once, which would spin through the batch's last millisecond.
             Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) => left,
+                Some(left) => Duration::from_millis(left.as_millis() as u64 + 1),
                 None => return,
             },
         };
@@ -295,6 +297,7 @@ fn process_batch<T: Transform>(
 
 /// Commits, retrying while librdkafka says the commit itself may be retried.
 fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
+    await_deliveries(producer, TXN_CALL_TIMEOUT)?;
     let mut attempts = 0;
     loop {
         match producer.commit_transaction(TXN_CALL_TIMEOUT) {
@@ -304,6 +307,36 @@ fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
             }
             other => return other,
         }
+    }
+}
+
+/// Serves delivery reports until the broker acknowledged every record sent, so that the
+/// commit's own flush finds nothing outstanding.
+///
+/// rdkafka's `BaseProducer::flush` (which `commit_transaction` calls) polls for delivery
+/// reports in slices of 100 ms and each slice runs to its end, so a commit with records still
+/// in flight took at least 100 ms however fast the broker answered. A poll with a timeout also
+/// spins through its last millisecond. Here each poll takes what is queued without waiting,
+/// and the wait between polls sleeps, so the commit goes out within a fraction of a
+/// millisecond of the last acknowledgement without burning a core meanwhile.
+fn await_deliveries(
+    producer: &BaseProducer<FlatpackContext>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    const PAUSE: Duration = Duration::from_micros(200);
+    let deadline = Instant::now() + timeout;
+    loop {
+        // One delivery report per poll; a transaction has about one per partition written.
+        for _ in 0..16 {
+            if producer.in_flight_count() == 0 {
+                return Ok(());
+            }
+            producer.poll(Duration::ZERO);
+        }
+        if Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+        }
+        std::thread::sleep(PAUSE);
     }
 }
 
