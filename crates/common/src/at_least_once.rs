@@ -6,12 +6,16 @@
 //! goes to the source's dead-letter topic, as in [`crate::pipeline`]), run the handler
 //! (retrying with capped exponential backoff, never skipping the input), write its records
 //! with the idempotent `acks=all` producer, and only then store and commit the input's
-//! offset. A crash between the side effect and the commit repeats the side effect after the
+//! offset. Up to [`AtLeastOnceConfig::concurrency`] inputs are handled at once (a side effect
+//! is mostly waiting on another server); they finish in any order, but offsets are stored in
+//! the order the inputs came, so a committed offset never passes an unfinished input.
+//!
+//! A crash between the side effect and the commit repeats the side effect after the
 //! restart, unless the service names its output topic in [`AtLeastOnceConfig::handled`]: the
 //! loop then reads that topic's keys on start and after every partition assignment, and skips
-//! inputs whose key is already there. A restart or rebalance thus repeats nothing in the
-//! normal case; only a crash inside the narrow window between the side effect and the
-//! acknowledgement of its record does.
+//! inputs whose key is already there (or is being handled right now). A restart or rebalance
+//! thus repeats nothing in the normal case; only a crash inside the narrow window between a
+//! side effect and the acknowledgement of its record does, for the inputs in hand then.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,6 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -27,11 +34,12 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::kafka::{self, FlatpackContext};
-use crate::pipeline::{Output, decode_or_dead_letter};
+use crate::pipeline::{DeadLetter, Output, decode_or_log};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
 
@@ -41,10 +49,13 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long shutdown may spend committing offsets and flushing the producer.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often stored offsets are committed while inputs keep coming.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// What a service does with each message of its source topic.
-pub trait Handler: Send + 'static {
+pub trait Handler: Send + Sync + 'static {
     /// The message type of the source topic.
-    type Input: DeserializeOwned + Send + Sync;
+    type Input: DeserializeOwned + Send + Sync + 'static;
 
     /// The key the records for `input` are written under. With
     /// [`AtLeastOnceConfig::handled`] set, an input whose key is already on that topic was
@@ -54,9 +65,9 @@ pub trait Handler: Send + 'static {
     /// Does the work for one input and returns the records that say so. An error means "not
     /// done, try again": the loop retries with backoff until it succeeds or the loop is
     /// stopped; it never moves past the input. A failure that retrying cannot fix must be
-    /// returned as `Ok` with records that say so.
+    /// returned as `Ok` with records that say so. Called for several inputs at once.
     fn handle(
-        &mut self,
+        &self,
         input: &Self::Input,
     ) -> impl Future<Output = anyhow::Result<Vec<Output>>> + Send;
 }
@@ -88,24 +99,43 @@ pub struct AtLeastOnceConfig {
     /// The topic whose record keys mark inputs as handled (the loop's own output), or `None`
     /// to handle every input however often it is read.
     pub handled: Option<Topic>,
+    /// Most inputs handled at once (at least 1).
+    pub concurrency: usize,
     /// Waits between attempts of a failed handler or a failed write.
     pub retry: Backoff,
     /// How long one write may wait for the broker's acknowledgement.
     pub delivery_timeout: Duration,
 }
 
+/// One input, handled (or not, when the loop stopped first): where its offset goes.
+#[derive(Debug)]
+struct Finished {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    /// The input's key while it was in hand; `None` for a dead letter or a skipped input.
+    key: Option<String>,
+    /// `false` when the loop was stopped before the input was completely handled: neither
+    /// its offset nor any later one may be stored.
+    done: bool,
+}
+
 /// Runs `handler` over the source topic until `stop` is cancelled, at least once.
 ///
-/// On stop, the message in hand is finished if its handler is running (a retry wait is cut
-/// short instead, leaving the message unhandled and uncommitted), the handled offsets are
-/// committed, and the producer is flushed. Returns `Err` only when the loop cannot start
-/// or cannot keep its promise (the handled keys cannot be read).
+/// On stop, no new input is taken; the inputs in hand are finished if their handler is
+/// running (a retry wait is cut short instead, leaving that input unhandled and
+/// uncommitted), the offsets of the inputs finished in order are committed, and the producer
+/// is flushed. Returns `Err` only when the loop cannot start or cannot keep its promise (the
+/// handled keys cannot be read).
 pub async fn run_at_least_once<H: Handler>(
     settings: &KafkaSettings,
     config: &AtLeastOnceConfig,
-    mut handler: H,
+    handler: H,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    if config.concurrency == 0 {
+        bail!("{}: concurrency must be at least 1", config.service);
+    }
     let topics = settings.topics();
     let source = topics.name(config.source);
     let dlq = topics.dlq(config.source);
@@ -125,50 +155,75 @@ pub async fn run_at_least_once<H: Handler>(
     consumer
         .subscribe(&[&source])
         .with_context(|| format!("subscribing to {source}"))?;
-    info!(service = config.service, topic = %source, group = %config.group_id, "consuming at least once");
+    info!(service = config.service, topic = %source, group = %config.group_id, concurrency = config.concurrency, "consuming at least once");
 
+    let work = Work {
+        handler: Arc::new(handler),
+        producer: producer.clone(),
+        config: Arc::new(config.clone()),
+        dlq: Arc::from(dlq.as_str()),
+        stop: stop.clone(),
+    };
+    let mut in_hand: FuturesOrdered<BoxFuture<'static, Finished>> = FuturesOrdered::new();
+    let mut keys_in_hand: HashSet<String> = HashSet::new();
     let mut assignment = Vec::new();
+    let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
+    commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut uncommitted = false;
+    // Set once an input was left unhandled: no later offset may be stored after it.
+    let mut halted = false;
     loop {
-        let received = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            received = consumer.recv() => received,
-        };
-        let message = match received {
-            Ok(message) => message.detach(),
-            Err(err) => {
-                warn!(service = config.service, cause = %err, "consumer error");
-                continue;
-            }
-        };
-        // A rebalance (run inside `recv`) may have handed us partitions whose inputs another
-        // instance handled: learn what it wrote before handling anything from them.
-        let now = assigned(&consumer);
-        if now != assignment {
-            assignment = now;
-            if let Some(keys) = handled.take() {
-                handled = Some(keys.catch_up().await?);
-            }
-        }
-        let done = process(
-            &message,
-            &dlq,
-            config,
-            &mut handler,
-            handled.as_mut(),
-            &producer,
-            stop,
-        )
-        .await;
-        if !done {
+        let stopping = stop.is_cancelled();
+        if stopping && in_hand.is_empty() {
             break;
         }
-        let stored = consumer.store_offset(message.topic(), message.partition(), message.offset());
-        match stored.and_then(|()| consumer.commit_consumer_state(CommitMode::Async)) {
-            Ok(()) => {}
-            // The partition went to another instance meanwhile; it skips what we handled.
-            Err(err) => {
-                warn!(service = config.service, partition = message.partition(), offset = message.offset(), cause = %err, "offset not committed");
+        tokio::select! {
+            biased;
+            Some(finished) = in_hand.next(), if !in_hand.is_empty() => {
+                if let Some(key) = &finished.key {
+                    keys_in_hand.remove(key);
+                }
+                if !finished.done {
+                    halted = true;
+                }
+                if halted {
+                    continue;
+                }
+                if let (Some(key), Some(handled)) = (finished.key, handled.as_mut()) {
+                    handled.keys.insert(key);
+                }
+                match consumer.store_offset(&finished.topic, finished.partition, finished.offset) {
+                    Ok(()) => uncommitted = true,
+                    // The partition went to another instance meanwhile; it skips what we handled.
+                    Err(err) => warn!(service = config.service, partition = finished.partition, offset = finished.offset, cause = %err, "offset not stored"),
+                }
+            }
+            () = stop.cancelled(), if !stopping => {}
+            _ = commit_tick.tick(), if uncommitted => {
+                uncommitted = false;
+                if let Err(err) = consumer.commit_consumer_state(CommitMode::Async) {
+                    warn!(service = config.service, cause = %err, "offsets not committed");
+                }
+            }
+            received = consumer.recv(), if !stopping && in_hand.len() < config.concurrency => {
+                let message = match received {
+                    Ok(message) => message.detach(),
+                    Err(err) => {
+                        warn!(service = config.service, cause = %err, "consumer error");
+                        continue;
+                    }
+                };
+                // A rebalance (run inside `recv`) may have handed us partitions whose inputs
+                // another instance handled: learn what it wrote before handling anything
+                // from them.
+                let now = assigned(&consumer);
+                if now != assignment {
+                    assignment = now;
+                    if let Some(keys) = handled.take() {
+                        handled = Some(keys.catch_up().await?);
+                    }
+                }
+                in_hand.push_back(work.take(message, handled.as_ref(), &mut keys_in_hand));
             }
         }
     }
@@ -206,29 +261,82 @@ fn assigned(consumer: &StreamConsumer<FlatpackContext>) -> Vec<(String, i32)> {
     partitions
 }
 
-/// Handles one message (or dead-letters it). `false` when the loop was stopped before the
-/// message was completely handled: its offset must not be stored.
-async fn process<H: Handler>(
-    message: &OwnedMessage,
-    dlq: &str,
-    config: &AtLeastOnceConfig,
-    handler: &mut H,
-    handled: Option<&mut HandledKeys>,
+/// What handling one input needs, shared by all inputs in hand.
+struct Work<H: Handler> {
+    handler: Arc<H>,
+    producer: FutureProducer<FlatpackContext>,
+    config: Arc<AtLeastOnceConfig>,
+    dlq: Arc<str>,
+    stop: CancellationToken,
+}
+
+impl<H: Handler> Work<H> {
+    /// The work for one message: dead-letter it, skip it (handled before, or the same key
+    /// is in hand already), or handle it and write its records.
+    fn take(
+        &self,
+        message: OwnedMessage,
+        handled: Option<&HandledKeys>,
+        keys_in_hand: &mut HashSet<String>,
+    ) -> BoxFuture<'static, Finished> {
+        let mut finished = Finished {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: None,
+            done: true,
+        };
+        let service = self.config.service;
+        let input = match decode_or_log::<H::Input>(&message, service) {
+            Ok(input) => input,
+            Err(problem) => {
+                let (producer, config, stop, dlq) = (
+                    self.producer.clone(),
+                    self.config.clone(),
+                    self.stop.clone(),
+                    self.dlq.clone(),
+                );
+                return Box::pin(async move {
+                    let dead = DeadLetter::new(&message, &dlq, &problem, service);
+                    finished.done =
+                        deliver(&producer, &config, &stop, || dead.future_record()).await;
+                    finished
+                });
+            }
+        };
+        let key = self.handler.key(&input);
+        if let Some(handled) = handled {
+            if handled.keys.contains(&key) || keys_in_hand.contains(&key) {
+                info!(service, key = %key, "handled before; skipping");
+                return Box::pin(std::future::ready(finished));
+            }
+            keys_in_hand.insert(key.clone());
+            finished.key = Some(key.clone());
+        }
+        let (handler, producer, config, stop) = (
+            self.handler.clone(),
+            self.producer.clone(),
+            self.config.clone(),
+            self.stop.clone(),
+        );
+        Box::pin(async move {
+            finished.done =
+                handle_and_record(&*handler, &input, &key, &producer, &config, &stop).await;
+            finished
+        })
+    }
+}
+
+/// Handles one input and writes its records; `false` when the loop was stopped first.
+async fn handle_and_record<H: Handler>(
+    handler: &H,
+    input: &H::Input,
+    key: &str,
     producer: &FutureProducer<FlatpackContext>,
+    config: &AtLeastOnceConfig,
     stop: &CancellationToken,
 ) -> bool {
-    let input = match decode_or_dead_letter::<H::Input>(message, dlq, config.service) {
-        Ok(input) => input,
-        Err(dead) => {
-            return deliver(producer, config, stop, || dead.future_record()).await;
-        }
-    };
-    let key = handler.key(&input);
-    if handled.as_ref().is_some_and(|h| h.keys.contains(&key)) {
-        info!(service = config.service, key = %key, "handled before; skipping");
-        return true;
-    }
-    let Some(outputs) = handle_with_retry(handler, &input, &key, config, stop).await else {
+    let Some(outputs) = handle_with_retry(handler, input, key, config, stop).await else {
         info!(service = config.service, key = %key, "stopped before it was handled; not committed");
         return false;
     };
@@ -244,15 +352,12 @@ async fn process<H: Handler>(
         }
     }
     debug!(service = config.service, key = %key, "handled");
-    if let Some(handled) = handled {
-        handled.keys.insert(key);
-    }
     true
 }
 
 /// Runs the handler until it succeeds; `None` when stopped first.
 async fn handle_with_retry<H: Handler>(
-    handler: &mut H,
+    handler: &H,
     input: &H::Input,
     key: &str,
     config: &AtLeastOnceConfig,

@@ -430,6 +430,16 @@ pub fn decode_or_dead_letter<'a, T: DeserializeOwned>(
     dlq: &'a str,
     service: &str,
 ) -> Result<T, DeadLetter<'a>> {
+    decode_or_log(message, service)
+        .map_err(|problem| DeadLetter::new(message, dlq, &problem, service))
+}
+
+/// Decodes `message` into `T`; a message that does not decode is logged as on its way to the
+/// dead-letter topic, and what is wrong with it returned.
+pub fn decode_or_log<T: DeserializeOwned>(
+    message: &OwnedMessage,
+    service: &str,
+) -> Result<T, String> {
     decode(message.payload()).map_err(|problem| {
         warn!(
             service,
@@ -439,7 +449,7 @@ pub fn decode_or_dead_letter<'a, T: DeserializeOwned>(
             cause = %problem,
             "undecodable message sent to the dead-letter topic"
         );
-        DeadLetter::new(message, dlq, &problem.to_string(), service)
+        problem.to_string()
     })
 }
 

@@ -6,9 +6,12 @@
 //! e-mail and the broker acknowledged the record ([`common::at_least_once`]); orders already on
 //! `order_email_sent` are skipped, so a restart does not e-mail anyone twice. While the SMTP
 //! server is unreachable the service retries the same order with capped backoff and moves on
-//! only once it went out. Messages that cannot be decoded go to `order_confirmed.dlq`.
+//! only once it went out. Up to `EMAIL_CONCURRENCY` e-mails are in flight at once, each on a
+//! pooled SMTP connection of its own. Messages that cannot be decoded go to
+//! `order_confirmed.dlq`.
 
 pub mod settings;
+pub mod smtp;
 pub mod templates;
 
 use std::future::Future;
@@ -21,13 +24,13 @@ use common::events::{
 };
 use common::pipeline::Output;
 use common::{KafkaSettings, Topic, kafka};
+use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 pub use settings::{EmailSettings, EmailVars, SmtpTls};
+use smtp::{SendError, Smtp};
 
 /// How long a write to `order_email_sent` may wait for the broker's acknowledgement before
 /// it is tried again.
@@ -35,7 +38,7 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Sends the e-mail for each decision and says so on `order_email_sent`.
 pub struct SendEmail {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    smtp: Smtp,
     from: Mailbox,
     output_topic: String,
 }
@@ -50,24 +53,10 @@ impl std::fmt::Debug for SendEmail {
 }
 
 impl SendEmail {
-    /// Sets up the SMTP transport (connections are opened by the first send).
+    /// Sets up the SMTP connections' pool (connections are opened by the first sends).
     pub fn new(settings: &EmailSettings, output_topic: String) -> anyhow::Result<Self> {
-        let host = settings.smtp_host.as_str();
-        let builder = match settings.smtp_tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .with_context(|| format!("setting up STARTTLS to {host}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .with_context(|| format!("setting up TLS to {host}"))?,
-        };
-        let mut builder = builder
-            .port(settings.smtp_port)
-            .timeout(Some(settings.smtp_timeout));
-        if let Some((user, password)) = &settings.credentials {
-            builder = builder.credentials(Credentials::new(user.clone(), password.0.clone()));
-        }
         Ok(Self {
-            transport: builder.build(),
+            smtp: Smtp::new(settings)?,
             from: settings.from.clone(),
             output_topic,
         })
@@ -121,7 +110,7 @@ impl Handler for SendEmail {
         decision.order.order_id.to_string()
     }
 
-    async fn handle(&mut self, decision: &OrderDecision) -> anyhow::Result<Vec<Output>> {
+    async fn handle(&self, decision: &OrderDecision) -> anyhow::Result<Vec<Output>> {
         let order_id = &decision.order.order_id;
         let to = decision.order.user_email.masked();
         let kind = templates::kind_of(decision);
@@ -132,18 +121,18 @@ impl Handler for SendEmail {
                 return Ok(vec![self.record(decision, kind, false)]);
             }
         };
-        let sent = match self.transport.send(message).await {
-            Ok(_) => {
+        let sent = match self.smtp.send(&message).await {
+            Ok(()) => {
                 info!(order_id = %order_id, to = %to, ?kind, "e-mail sent");
                 true
             }
             // A 5xx answer (e.g. no such mailbox) stays the same however often we ask.
-            Err(err) if err.is_permanent() => {
+            Err(SendError::Refused(err)) => {
                 warn!(order_id = %order_id, to = %to, ?kind, cause = %err, "SMTP server refused the e-mail for good; recorded as not sent");
                 false
             }
-            Err(err) => {
-                return Err(anyhow::Error::new(err).context(format!(
+            Err(SendError::Transient(err)) => {
+                return Err(err.context(format!(
                     "sending the e-mail for order {order_id} to {to} via SMTP"
                 )));
             }
@@ -152,8 +141,8 @@ impl Handler for SendEmail {
     }
 }
 
-/// E-mails decided orders until `shutdown` completes; then finishes the e-mail in hand (or
-/// abandons it uncommitted while the SMTP server is unreachable), commits and returns.
+/// E-mails decided orders until `shutdown` completes; then finishes the e-mails in hand (or
+/// abandons them uncommitted while the SMTP server is unreachable), commits and returns.
 pub async fn run(
     kafka_settings: KafkaSettings,
     settings: EmailSettings,
@@ -172,17 +161,18 @@ pub async fn run(
         source: Topic::OrderConfirmed,
         group_id: topics.scoped("email"),
         handled: Some(Topic::OrderEmailSent),
+        concurrency: settings.concurrency,
         retry: settings.retry,
         delivery_timeout: DELIVERY_TIMEOUT,
     };
-    info!(smtp = %format!("{}:{}", settings.smtp_host, settings.smtp_port), tls = ?settings.smtp_tls, "e-mailing decided orders");
+    info!(smtp = %format!("{}:{}", settings.smtp_host, settings.smtp_port), tls = ?settings.smtp_tls, concurrency = settings.concurrency, "e-mailing decided orders");
     let stop = CancellationToken::new();
     let worker = run_at_least_once(&kafka_settings, &config, handler, &stop);
     tokio::pin!(worker);
     tokio::select! {
         result = &mut worker => return result,
         () = shutdown => {
-            info!("finishing the e-mail in hand");
+            info!("finishing the e-mails in hand");
             stop.cancel();
         }
     }

@@ -49,6 +49,9 @@ pub struct EmailSettings {
     /// `EMAIL_RETRY_INITIAL_MS` (default 500) and `EMAIL_RETRY_MAX_MS` (default 30000): the
     /// waits between attempts while the SMTP server is unreachable.
     pub retry: Backoff,
+    /// `EMAIL_CONCURRENCY` (default 8): most e-mails in flight at once, each on its own SMTP
+    /// connection.
+    pub concurrency: usize,
 }
 
 /// The variables as they come, before they are checked: one field per variable the service
@@ -73,6 +76,8 @@ pub struct EmailVars {
     email_retry_initial_ms: u64,
     #[serde(default = "default_retry_max")]
     email_retry_max_ms: u64,
+    #[serde(default = "default_concurrency")]
+    email_concurrency: usize,
 }
 
 fn default_host() -> String {
@@ -95,6 +100,9 @@ fn default_retry_initial() -> u64 {
 }
 fn default_retry_max() -> u64 {
     30_000
+}
+fn default_concurrency() -> usize {
+    8
 }
 
 impl EmailSettings {
@@ -162,6 +170,7 @@ impl EmailVars {
             self.email_retry_max_ms,
             self.email_retry_initial_ms..=3_600_000,
         )?;
+        check_range("EMAIL_CONCURRENCY", self.email_concurrency, 1..=256)?;
         Ok(EmailSettings {
             smtp_host,
             smtp_port: self.smtp_port,
@@ -173,6 +182,7 @@ impl EmailVars {
                 initial: Duration::from_millis(self.email_retry_initial_ms),
                 max: Duration::from_millis(self.email_retry_max_ms),
             },
+            concurrency: self.email_concurrency,
         })
     }
 }
@@ -194,6 +204,7 @@ mod tests {
             "flatpack <orders@flatpack.example>"
         );
         assert_eq!(settings.retry.max, Duration::from_secs(30));
+        assert_eq!(settings.concurrency, 8);
     }
 
     #[test]
@@ -206,6 +217,7 @@ mod tests {
             ("SMTP_TLS", "STARTTLS"),
             ("EMAIL_FROM", "Shop <shop@example.com>"),
             ("EMAIL_RETRY_MAX_MS", "2000"),
+            ("EMAIL_CONCURRENCY", "32"),
         ]))
         .unwrap();
         assert_eq!(settings.smtp_host, "smtp.example.com");
@@ -217,6 +229,7 @@ mod tests {
         );
         assert_eq!(settings.from.email.to_string(), "shop@example.com");
         assert_eq!(settings.retry.max, Duration::from_secs(2));
+        assert_eq!(settings.concurrency, 32);
         assert!(
             !format!("{settings:?}").contains("s3cret"),
             "the password is never printed"
@@ -237,6 +250,7 @@ mod tests {
                 "EMAIL_FROM",
                 "EMAIL_RETRY_INITIAL_MS",
                 "EMAIL_RETRY_MAX_MS",
+                "EMAIL_CONCURRENCY",
             ]
         );
     }
@@ -253,6 +267,8 @@ mod tests {
             (vec![("SMTP_PASSWORD", "s3cret")], "SMTP_USERNAME"),
             (vec![("SMTP_TIMEOUT_MS", "5")], "SMTP_TIMEOUT_MS"),
             (vec![("EMAIL_FROM", "not a mailbox")], "EMAIL_FROM"),
+            (vec![("EMAIL_CONCURRENCY", "0")], "EMAIL_CONCURRENCY"),
+            (vec![("EMAIL_CONCURRENCY", "many")], "EMAIL_CONCURRENCY"),
             (
                 vec![("EMAIL_RETRY_INITIAL_MS", "0")],
                 "EMAIL_RETRY_INITIAL_MS",

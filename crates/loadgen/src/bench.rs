@@ -207,13 +207,13 @@ pub async fn smtp(
     // Warm-up: one connection per sender before the clock starts.
     let mut senders = Vec::with_capacity(concurrency.max(1));
     for _ in 0..concurrency.max(1) {
-        let mut sender = email::SendEmail::new(settings, "unused".into())?;
+        let sender = email::SendEmail::new(settings, "unused".into())?;
         sender.handle(&decision(&run_id, 0, price)?).await?;
         senders.push(sender);
     }
     let started = Instant::now();
     let (next, sent, histogram) = (&next, &sent, &histogram);
-    let workers = senders.into_iter().map(|mut sender| {
+    let workers = senders.into_iter().map(|sender| {
         let run_id = run_id.clone();
         async move {
             loop {
