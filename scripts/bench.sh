@@ -43,7 +43,7 @@ Options:
   --quick                A small dry run: 500 orders and 200 e-mails unless given, short waits
   --emails N             E-mails for the Mailpit step (default: orders / 4)
   --concurrency C        HTTP connections of the load generator (default 32)
-  --smtp-concurrency C   SMTP senders for the Mailpit step (default 8)
+  --smtp-concurrency C   SMTP senders for the Mailpit step (default 32, as EMAIL_CONCURRENCY)
   --rate R               Orders per second of the fixed-rate step (default 1000)
   --rate-orders N        Orders of the fixed-rate step (default: --orders)
   --settle-seconds S     How long a step waits, after its last order, for every order to
@@ -63,7 +63,7 @@ Mailpit through their scripts, and a Python venv (seed-venv/) with bench/seed/re
 TXT
 }
 
-orders="" quick=0 emails="" concurrency=32 smtp_concurrency=8 rate=1000 rate_orders=""
+orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
 all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-max flatpack-rate"
 steps=$all_steps

@@ -148,11 +148,11 @@ impl Transform for Count {
 /// Reads every committed result in `topic` to the end and rebuilds the totals from them.
 pub fn read_totals(kafka_settings: &KafkaSettings, topic: &str) -> anyhow::Result<Totals> {
     const TIMEOUT: Duration = Duration::from_secs(30);
-    let consumer = kafka::consumer_with(
+    let consumer = kafka::reader_to_end(
         kafka_settings,
         "analytics-restore",
         &kafka_settings.topics().scoped("analytics-restore"),
-        &[("enable.partition.eof", "true")],
+        Duration::from_millis(10),
     )?;
     let metadata = consumer
         .fetch_metadata(Some(topic), TIMEOUT)

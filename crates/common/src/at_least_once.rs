@@ -46,6 +46,9 @@ use crate::topics::Topic;
 /// How long reading the handled keys to the end of their topic may take.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a fetch of the handled-keys reader waits for records that are not there yet.
+const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(10);
+
 /// How long shutdown may spend committing offsets and flushing the producer.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -456,11 +459,11 @@ impl HandledKeys {
     fn read_to_end(&mut self) -> anyhow::Result<()> {
         // A fresh consumer each time: it reports the end of each partition once it gets
         // there, also when it starts there. It never joins its group nor commits.
-        let consumer = kafka::consumer_with(
+        let consumer = kafka::reader_to_end(
             &self.settings,
             self.service,
             &self.group_id,
-            &[("enable.partition.eof", "true")],
+            CATCH_UP_FETCH_WAIT,
         )
         .context("creating the handled-keys reader")?;
         let metadata = consumer

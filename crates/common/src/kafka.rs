@@ -199,6 +199,28 @@ pub fn consumer_with(
         .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
 }
 
+/// A [`consumer`] for reading topics to their end: it reports reaching the end of each
+/// partition (`enable.partition.eof`), and a fetch with nothing new comes back after
+/// `fetch_wait` rather than librdkafka's default 500 ms, which a reader of a quiet or empty
+/// topic would otherwise wait out, once per fetch, before it learns it is at the end.
+pub fn reader_to_end(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+    fetch_wait: Duration,
+) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    let fetch_wait = fetch_wait.as_millis().to_string();
+    consumer_with(
+        settings,
+        client,
+        group_id,
+        &[
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", &fetch_wait),
+        ],
+    )
+}
+
 /// [`consumer`] for async loops: the same configuration, read with `recv().await`.
 pub fn stream_consumer(
     settings: &KafkaSettings,

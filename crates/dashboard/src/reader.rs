@@ -77,12 +77,9 @@ pub fn consumer(
         common::events::now_epoch_seconds() as u64,
         topic
     ));
-    kafka::consumer_with(
-        settings,
-        "dashboard",
-        &group,
-        &[("enable.partition.eof", "true")],
-    )
+    // It reads on after the end: 100 ms keeps an idle dashboard's fetches few while it
+    // still learns quickly that it has caught up.
+    kafka::reader_to_end(settings, "dashboard", &group, Duration::from_millis(100))
 }
 
 /// Reads `topic` into `shared` until `stop` is cancelled. Runs on a blocking thread.

@@ -49,7 +49,7 @@ pub struct EmailSettings {
     /// `EMAIL_RETRY_INITIAL_MS` (default 500) and `EMAIL_RETRY_MAX_MS` (default 30000): the
     /// waits between attempts while the SMTP server is unreachable.
     pub retry: Backoff,
-    /// `EMAIL_CONCURRENCY` (default 8): most e-mails in flight at once, each on its own SMTP
+    /// `EMAIL_CONCURRENCY` (default 32): most e-mails in flight at once, each on its own SMTP
     /// connection.
     pub concurrency: usize,
 }
@@ -102,7 +102,7 @@ fn default_retry_max() -> u64 {
     30_000
 }
 fn default_concurrency() -> usize {
-    8
+    32
 }
 
 impl EmailSettings {
@@ -204,7 +204,7 @@ mod tests {
             "flatpack <orders@flatpack.example>"
         );
         assert_eq!(settings.retry.max, Duration::from_secs(30));
-        assert_eq!(settings.concurrency, 8);
+        assert_eq!(settings.concurrency, 32);
     }
 
     #[test]
@@ -217,7 +217,7 @@ mod tests {
             ("SMTP_TLS", "STARTTLS"),
             ("EMAIL_FROM", "Shop <shop@example.com>"),
             ("EMAIL_RETRY_MAX_MS", "2000"),
-            ("EMAIL_CONCURRENCY", "32"),
+            ("EMAIL_CONCURRENCY", "4"),
         ]))
         .unwrap();
         assert_eq!(settings.smtp_host, "smtp.example.com");
@@ -229,7 +229,7 @@ mod tests {
         );
         assert_eq!(settings.from.email.to_string(), "shop@example.com");
         assert_eq!(settings.retry.max, Duration::from_secs(2));
-        assert_eq!(settings.concurrency, 32);
+        assert_eq!(settings.concurrency, 4);
         assert!(
             !format!("{settings:?}").contains("s3cret"),
             "the password is never printed"

@@ -151,6 +151,9 @@ fn classify(err: lettre::transport::smtp::Error) -> SendError {
     }
 }
 
+/// How recently a pooled connection must have been used to be handed out without a NOOP.
+const FRESH: Duration = Duration::from_secs(1);
+
 /// Opens connections for the pool: TCP with `TCP_NODELAY`, then lettre's EHLO, STARTTLS and
 /// AUTH as configured.
 struct Connector {
@@ -211,13 +214,20 @@ impl managed::Manager for Connector {
     async fn recycle(
         &self,
         connection: &mut AsyncSmtpConnection,
-        _: &Metrics,
+        metrics: &Metrics,
     ) -> RecycleResult<anyhow::Error> {
-        // A NOOP tells a live connection from one the server closed while it idled.
-        let alive = !connection.has_broken()
-            && tokio::time::timeout(self.timeout, connection.test_connected())
-                .await
-                .unwrap_or(false);
+        if connection.has_broken() {
+            return Err(RecycleError::message("SMTP connection broken"));
+        }
+        // A NOOP tells a live connection from one the server closed while it idled. One in
+        // use a moment ago is live: asking would add a round trip to every e-mail. Should the
+        // server have closed it anyway, the send fails and is tried again.
+        if metrics.last_used() < FRESH {
+            return Ok(());
+        }
+        let alive = tokio::time::timeout(self.timeout, connection.test_connected())
+            .await
+            .unwrap_or(false);
         if alive {
             Ok(())
         } else {
