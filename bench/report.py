@@ -56,6 +56,7 @@ def main():
     ingest = load(out, "flatpack-ingest")
     pipe = load(out, "flatpack-pipeline")
     fmax = load(out, "flatpack-max")
+    femail = load(out, "flatpack-email")
     frate = load(out, "flatpack-rate")
     services = load(out, "services") or []
     machine = load(out, "machine") or {}
@@ -117,8 +118,10 @@ def main():
         f"p99 POST {fmt(get(ingest, 'post_latency', 'p99_ms'), 1, ' ms')}" + ("" if clean(ingest) else ", ERRORS"))
     row("flatpack pipeline", "orders/s to analytics_result", fmt(get(pipe, "orders_per_second")),
         "exactly-once; " + ("exact" if get(pipe, "complete") else "INCOMPLETE"))
+    row("flatpack e-mail stage", "e-mails/s to order_email_sent", fmt(get(femail, "emails_per_second")),
+        "alone, decisions fed" + ("" if get(femail, "complete") else "; INCOMPLETE"))
     row("flatpack max", "orders/s POSTed", fmt(get(fmax, "throughput")), verdict(fmax))
-    row("flatpack max", "e-mail stage, e-mails/s", fmt(email_rate), "lower bound")
+    row("flatpack max", "e-mail stage, e-mails/s", fmt(email_rate), "lower bound, whole system busy")
     for label, r in (("flatpack max", fmax), (f"flatpack {fmt(machine.get('rate'))}/s", frate)):
         if label != "flatpack max":
             row(label, "orders/s POSTed", fmt(get(r, "throughput")), verdict(r))
@@ -132,7 +135,8 @@ def main():
         "flatpack/seed ingest": (ratio(get(ingest, "throughput"), get(seed_best, "throughput")), "≥ 20"),
         "flatpack/seed pipeline": (ratio(get(pipe, "orders_per_second"), get(seed_pipe, "orders_per_second")), "≥ 10"),
         "ingest/raw broker": (ratio(get(ingest, "throughput"), get(raw, "messages_per_second")), "—"),
-        "e-mail stage/Mailpit limit": (ratio(email_rate, get(mailpit, "emails_per_second")), "≥ 0.8"),
+        "e-mail stage/Mailpit limit": (ratio(get(femail, "emails_per_second"), get(mailpit, "emails_per_second")), "≥ 0.8"),
+        "e-mail stage in max run/Mailpit limit": (ratio(email_rate, get(mailpit, "emails_per_second")), "—"),
     }
 
     per_service = {}
@@ -169,7 +173,8 @@ def main():
         "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
         "ratios": {k: v[0] for k, v in ratios.items()},
         "seed_best_ingest": seed_best_name,
-        "email_stage_per_second": email_rate,
+        "email_stage_per_second": get(femail, "emails_per_second"),
+        "email_stage_in_max_run_per_second": email_rate,
         "services": per_service,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:

@@ -28,6 +28,9 @@ both started here and stopped on exit:
                       order_details until analytics_result counts them (loadgen feed)
   4. flatpack-ingest  flatpack's orders service alone under that HTTP load
      flatpack-pipeline  the five services (release build, exactly-once), the same feed
+     flatpack-email   the email service alone: --emails decided orders written straight to
+                      order_confirmed, timed until all are on order_email_sent (loadgen
+                      email-stage); its rate over Mailpit's is the e-mail stage ratio
      flatpack-max     the five services, HTTP load as fast as it goes, every order followed
                       to order_confirmed, order_email_sent and analytics_result
      flatpack-rate    the same at a fixed --rate (default 1000 orders/s)
@@ -41,7 +44,7 @@ flatpack step uses, on this run's fresh broker.
 Options:
   --orders N             Orders per step (default 20000)
   --quick                A small dry run: 500 orders and 200 e-mails unless given, short waits
-  --emails N             E-mails for the Mailpit step (default: orders / 4)
+  --emails N             E-mails for the Mailpit and e-mail stage steps (default: orders / 4)
   --concurrency C        HTTP connections of the load generator (default 32)
   --smtp-concurrency C   SMTP senders for the Mailpit step (default 32, as EMAIL_CONCURRENCY)
   --rate R               Orders per second of the fixed-rate step (default 1000)
@@ -52,7 +55,8 @@ Options:
   --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
                          raw-broker, mailpit, seed-ingest, seed-pipeline, flatpack-ingest,
-                         flatpack-pipeline, flatpack-max, flatpack-rate (default: all)
+                         flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate
+                         (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -65,7 +69,7 @@ TXT
 
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-max flatpack-rate"
+all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -323,6 +327,13 @@ if wants flatpack-pipeline; then
   FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
     --warmup-seconds "$warmup" --settle-seconds "$settle"
   stop_flatpack flatpack-pipeline
+fi
+
+if wants flatpack-email; then
+  start_flatpack email email
+  FLATPACK_TOPIC_PREFIX="bench.email." loadgen flatpack-email email-stage --emails "$emails" \
+    --settle-seconds "$settle"
+  stop_flatpack flatpack-email
 fi
 
 if wants flatpack-max; then

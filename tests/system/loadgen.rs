@@ -8,7 +8,7 @@ use common::Topic;
 use loadgen::{Config, Stage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::helpers::{TestEnv, spawn_analytics, spawn_orders, spawn_transactions};
+use crate::helpers::{TestEnv, spawn_analytics, spawn_email, spawn_orders, spawn_transactions};
 use crate::test_env;
 
 fn config(url: String, orders: u64, follow: Vec<Stage>) -> Config {
@@ -120,5 +120,50 @@ async fn loadgen_finds_a_healthy_pipeline_clean_with_exact_totals() {
     analytics.stop().await.unwrap();
     transactions.stop().await.unwrap();
     api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn email_stage_times_every_decision_to_its_record_and_fails_without_an_email_service() {
+    let env = test_env!();
+    let Some(mailpit) = crate::helpers::mailpit::mailpit() else {
+        return;
+    };
+    env.create_topics(&[
+        env.topic(Topic::OrderConfirmed),
+        env.topic(Topic::OrderEmailSent),
+    ])
+    .await;
+
+    // Nobody e-mails: the warm-up never completes and the measurement says so.
+    let none = loadgen::bench::email_stage(
+        &env.kafka,
+        10,
+        4,
+        100,
+        Duration::from_secs(3),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(none.is_err(), "{none:?}");
+
+    let email = spawn_email(&env, mailpit.smtp_vars());
+    let report = loadgen::bench::email_stage(
+        &env.kafka,
+        50,
+        8,
+        100,
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+
+    assert!(report.complete, "{}", report.summary());
+    assert_eq!(report.seen, 50);
+    assert_eq!(report.failed, 0);
+    assert!(report.emails_per_second > 0.0, "{}", report.summary());
+    assert!(report.summary().contains("50 of 50 seen (complete)"));
+    email.stop().await.unwrap();
     env.cleanup().await;
 }

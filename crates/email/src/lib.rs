@@ -36,6 +36,10 @@ use smtp::{SendError, Smtp};
 /// it is tried again.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Orders in hand per SMTP connection: one being sent, the others waiting for a connection
+/// or for the acknowledgement of their `order_email_sent` record.
+const IN_HAND_PER_CONNECTION: usize = 4;
+
 /// Sends the e-mail for each decision and says so on `order_email_sent`.
 pub struct SendEmail {
     smtp: Smtp,
@@ -161,7 +165,10 @@ pub async fn run(
         source: Topic::OrderConfirmed,
         group_id: topics.scoped("email"),
         handled: Some(Topic::OrderEmailSent),
-        concurrency: settings.concurrency,
+        // The pool holds EMAIL_CONCURRENCY connections; more orders in hand let the broker's
+        // acknowledgements of finished e-mails overlap the next sends instead of holding a
+        // connection idle.
+        concurrency: settings.concurrency * IN_HAND_PER_CONNECTION,
         retry: settings.retry,
         delivery_timeout: DELIVERY_TIMEOUT,
     };

@@ -6,6 +6,8 @@
 //!   the email service's own sender ([`email::SendEmail`]);
 //! - [`feed`]: how fast a pipeline (flatpack's or the seed's) turns orders written straight to
 //!   `order_details` into analytics totals;
+//! - [`email_stage`]: how fast the email service turns decided orders written straight to
+//!   `order_confirmed` into e-mails and `order_email_sent` records;
 //! - [`create_topics`]: plain topics, for the seed, which creates none (the bench broker has
 //!   `auto.create.topics.enable=false`).
 
@@ -55,14 +57,25 @@ async fn write_orders(
     price: Decimal,
     in_flight: usize,
 ) -> anyhow::Result<u64> {
-    let failed = AtomicU64::new(0);
-    let failed_ref = &failed;
     let records = (first..first + count)
         .map(|n| {
             let id = format!("{run_id}-{n}");
             order_record(&id, n, price).map(|payload| (id, payload))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    write_records(producer, topic, records, in_flight).await
+}
+
+/// Writes `(key, payload)` records to `topic` with at most `in_flight` unacknowledged;
+/// returns the failures.
+async fn write_records(
+    producer: &FutureProducer<kafka::FlatpackContext>,
+    topic: &str,
+    records: Vec<(String, Vec<u8>)>,
+    in_flight: usize,
+) -> anyhow::Result<u64> {
+    let failed = AtomicU64::new(0);
+    let failed_ref = &failed;
     futures::stream::iter(records)
         .for_each_concurrent(in_flight.max(1), |(id, payload)| async move {
             let record = FutureRecord::to(topic).key(&id).payload(&payload);
@@ -452,6 +465,187 @@ pub async fn feed(
     watcher
         .join()
         .map_err(|_| anyhow::anyhow!("watcher of {analytics_result} panicked"))??;
+    result
+}
+
+/// The e-mail stage measurement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EmailStageReport {
+    pub order_confirmed: String,
+    pub order_email_sent: String,
+    pub emails: u64,
+    pub failed: u64,
+    /// Warm-up decisions e-mailed before the clock started (one per SMTP connection).
+    pub warmup: u64,
+    /// Distinct measured orders seen on `order_email_sent`.
+    pub seen: u64,
+    /// From the first decision written to the last acknowledged.
+    pub write_seconds: f64,
+    /// From the first decision written to the last of them on `order_email_sent`.
+    pub seconds: f64,
+    /// E-mails per second through the stage (`emails / seconds`), when complete.
+    pub emails_per_second: f64,
+    /// Every decision got its `order_email_sent` record.
+    pub complete: bool,
+}
+
+impl EmailStageReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "email stage: {} decisions to {} written in {:.2} s, all on {} after {:.2} s: {:.0} e-mails/s; {} of {} seen ({})\n",
+            self.emails,
+            self.order_confirmed,
+            self.write_seconds,
+            self.order_email_sent,
+            self.seconds,
+            self.emails_per_second,
+            self.seen,
+            self.emails,
+            if self.complete {
+                "complete"
+            } else {
+                "INCOMPLETE"
+            }
+        )
+    }
+}
+
+/// Keys seen on a topic whose names start with a prefix, and when the last new one came.
+#[derive(Debug, Default)]
+struct Seen {
+    keys: std::collections::HashSet<String>,
+    last: Option<Instant>,
+}
+
+/// Collects the keys starting with `prefix` on `consumer` until `stop`.
+fn watch_keys(
+    consumer: &BaseConsumer<kafka::FlatpackContext>,
+    prefix: &str,
+    seen: &Mutex<Seen>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(message) = consumer.poll(Duration::from_millis(20)) else {
+            continue;
+        };
+        let message = message.context("reading order_email_sent")?;
+        let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+            continue;
+        };
+        if key.starts_with(prefix) {
+            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            if seen.keys.insert(key.to_owned()) {
+                seen.last = Some(Instant::now());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes decided orders straight to `<prefix>order_confirmed` and times how long the email
+/// service takes until every one of them is on `<prefix>order_email_sent`: the e-mail stage
+/// on its own, without the load of the stages before it.
+///
+/// First `warmup` decisions go out and are waited for, so that the email service has its
+/// SMTP connections open before the clock starts.
+pub async fn email_stage(
+    kafka_settings: &KafkaSettings,
+    emails: u64,
+    warmup: u64,
+    in_flight: usize,
+    warmup_timeout: Duration,
+    settle_timeout: Duration,
+) -> anyhow::Result<EmailStageReport> {
+    let topics = kafka_settings.topics();
+    let order_confirmed = topics.name(Topic::OrderConfirmed);
+    let order_email_sent = topics.name(Topic::OrderEmailSent);
+    let consumer = crate::follow::consumer_at_end(kafka_settings, &order_email_sent)?;
+    let run_id = format!("mail-{:08x}", rand::random::<u32>());
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (seen, stop, prefix) = (seen.clone(), stop.clone(), run_id.clone());
+        std::thread::spawn(move || watch_keys(&consumer, &prefix, &seen, &stop))
+    };
+    let count = || {
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        (seen.keys.len() as u64, seen.last)
+    };
+    let producer = kafka::producer(kafka_settings, "loadgen-email-stage", DELIVERY_TIMEOUT)?;
+    let price: Decimal = Decimal::from(349);
+    let decisions = |id: &str, first: u64, n: u64| {
+        (first..first + n)
+            .map(|i| {
+                let decision = decision(id, i, price)?;
+                Ok((
+                    decision.order.order_id.to_string(),
+                    serde_json::to_vec(&decision)?,
+                ))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+
+    let result = async {
+        let failed = write_records(
+            &producer,
+            &order_confirmed,
+            decisions(&format!("{run_id}-warmup"), 1, warmup)?,
+            in_flight,
+        )
+        .await?;
+        anyhow::ensure!(
+            failed == 0,
+            "writing the warm-up decisions to {order_confirmed}"
+        );
+        let deadline = Instant::now() + warmup_timeout;
+        while count().0 < warmup {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the warm-up decisions were not all on {order_email_sent} within {warmup_timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let measured = decisions(&run_id, 1, emails)?;
+        let target = warmup + emails;
+        let started = Instant::now();
+        let failed = write_records(&producer, &order_confirmed, measured, in_flight).await?;
+        let write_seconds = started.elapsed().as_secs_f64();
+        let deadline = Instant::now() + settle_timeout;
+        while count().0 < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (total, last) = count();
+        let complete = failed == 0 && total == target;
+        let seconds = last
+            .filter(|_| complete)
+            .map_or(started.elapsed(), |at| {
+                at.saturating_duration_since(started)
+            })
+            .as_secs_f64()
+            .max(f64::EPSILON);
+        Ok(EmailStageReport {
+            order_confirmed: order_confirmed.clone(),
+            order_email_sent: order_email_sent.clone(),
+            emails,
+            failed,
+            warmup,
+            seen: total.saturating_sub(warmup),
+            write_seconds,
+            seconds,
+            emails_per_second: if complete {
+                emails as f64 / seconds
+            } else {
+                0.0
+            },
+            complete,
+        })
+    }
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    watcher
+        .join()
+        .map_err(|_| anyhow::anyhow!("watcher of {order_email_sent} panicked"))??;
     result
 }
 

@@ -61,6 +61,29 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Writes decided orders straight to `order_confirmed` and times until every one is on
+    /// `order_email_sent`: the e-mail stage's rate. Exits 1 when one is missing.
+    EmailStage {
+        /// How many decisions (after the warm-up).
+        #[arg(long, default_value_t = 5_000)]
+        emails: u64,
+        /// Warm-up decisions, e-mailed before the clock starts (at least the email
+        /// service's EMAIL_CONCURRENCY, so that every SMTP connection is open).
+        #[arg(long, default_value_t = 64)]
+        warmup: u64,
+        /// Unacknowledged decisions at most.
+        #[arg(long, default_value_t = 10_000)]
+        in_flight: usize,
+        /// Seconds to wait for the warm-up e-mails.
+        #[arg(long, default_value_t = 60)]
+        warmup_seconds: u64,
+        /// Seconds to wait, after the last decision was written, for its record.
+        #[arg(long, default_value_t = 300)]
+        settle_seconds: u64,
+        /// Where to write the JSON report (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Writes orders straight to `order_details` and times until `analytics_result` counts
     /// them all: a pipeline's rate (flatpack's or the seed's). Exits 1 when the count is off.
     Feed {
@@ -202,6 +225,31 @@ async fn main() -> anyhow::Result<()> {
                 &kafka,
                 orders,
                 price,
+                in_flight,
+                Duration::from_secs(warmup_seconds),
+                Duration::from_secs(settle_seconds),
+            )
+            .await?;
+            eprint!("{}", report.summary());
+            write_json(json.as_ref(), &report)?;
+            if !report.complete {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::EmailStage {
+            emails,
+            warmup,
+            in_flight,
+            warmup_seconds,
+            settle_seconds,
+            json,
+        }) => {
+            let kafka = KafkaSettings::from_env()?;
+            let report = bench::email_stage(
+                &kafka,
+                emails,
+                warmup,
                 in_flight,
                 Duration::from_secs(warmup_seconds),
                 Duration::from_secs(settle_seconds),
