@@ -56,7 +56,7 @@ pub struct AnalyticsSettings {
 }
 
 fn default_max_batch() -> usize {
-    500
+    5_000
 }
 fn default_batch_wait() -> u64 {
     10

@@ -44,7 +44,7 @@ fn default_instance() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "transactions-1".into())
 }
 fn default_max_batch() -> usize {
-    500
+    5_000
 }
 fn default_batch_wait() -> u64 {
     10
