@@ -59,6 +59,7 @@ def main():
     femail = load(out, "flatpack-email")
     frate = load(out, "flatpack-rate")
     services = load(out, "services") or []
+    cpu = load(out, "cpu") or []
     machine = load(out, "machine") or {}
 
     def verdict(report):
@@ -168,6 +169,23 @@ def main():
         print(f"  {name:<22}{fmt(agg['peak_rss_mb'], 1, ' MB'):>16}{fmt(agg['ready_ms'], 0, ' ms'):>14}")
     print()
 
+    if cpu:
+        # Where the time goes: CPU of each process while loadgen ran, in % of one core;
+        # "other" is the rest of the machine's busy time (loadgen itself, the OS).
+        names = ["kafka", "mailpit", "orders", "transactions", "analytics", "email", "dashboard"]
+        print(f"  {'CPU while loadgen ran, % of one core':<24}"
+              + "".join(f"{n[:8]:>9}" for n in names + ["other", "busy"]))
+        for c in cpu:
+            procs = c.get("process_pct") or {}
+            known = sum(procs.values())
+            busy = c.get("machine_busy_pct")
+            cells = [procs.get(n) for n in names] + [
+                (busy - known) if busy is not None else None, busy]
+            print(f"  {c['step']:<24}" + "".join(
+                f"{('—' if v is None else f'{v:.0f}'):>9}" for v in cells)
+                + f"   of {100 * (c.get('cores') or 0)}")
+        print()
+
     summary = {
         "machine": machine,
         "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
@@ -176,6 +194,7 @@ def main():
         "email_stage_per_second": get(femail, "emails_per_second"),
         "email_stage_in_max_run_per_second": email_rate,
         "services": per_service,
+        "cpu": cpu,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

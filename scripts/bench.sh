@@ -193,6 +193,43 @@ record_service() { # <step> <name> <ready-ms or null> <pid>
     >>"$work/services.jsonl"
 }
 
+# --- CPU: where the time goes in each flatpack step ------------------------------------------
+# Ticks (1/CLK_TCK s) of user + system CPU used so far by the process group <pgid>.
+group_ticks() { # <pgid>
+  local p t=0 v
+  for p in $(pgrep -g "$1" || true); do
+    v=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+    t=$((t + v))
+  done
+  echo "$t"
+}
+# Busy and total ticks of the whole machine, from /proc/stat.
+machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+declare -A cpu_at=()
+# Remembers the CPU used so far by the broker, Mailpit and the step's services.
+cpu_begin() {
+  local name
+  cpu_at=([kafka]=$(group_ticks "$broker_pgid") [mailpit]=$(group_ticks "$mailpit_pgid"))
+  for name in "${!svc_pid[@]}"; do cpu_at[$name]=$(group_ticks "${svc_pid[$name]}"); done
+  read -r cpu_busy0 cpu_total0 < <(machine_ticks)
+  cpu_t0=$(now_ns)
+}
+# Appends to cpu.jsonl what each of them used since cpu_begin, in % of one core.
+cpu_end() { # <step>
+  local name now pgid args=() busy total
+  local wall_ms=$((($(now_ns) - cpu_t0) / 1000000))
+  read -r busy total < <(machine_ticks)
+  for name in "${!cpu_at[@]}"; do
+    case "$name" in kafka) pgid=$broker_pgid ;; mailpit) pgid=$mailpit_pgid ;; *) pgid=${svc_pid[$name]} ;; esac
+    now=$(group_ticks "$pgid")
+    args+=(--argjson "$name" "$(((now - cpu_at[$name]) * 100000 / clk_tck / (wall_ms > 0 ? wall_ms : 1)))")
+  done
+  jq -cn --arg step "$1" --argjson wall_ms "$wall_ms" --argjson cores "$(nproc)" \
+    --argjson busy "$(((busy - cpu_busy0) * 100 * $(nproc) / ((total - cpu_total0) > 0 ? (total - cpu_total0) : 1)))" \
+    "${args[@]}" '{step: $step, wall_ms: $wall_ms, cores: $cores, machine_busy_pct: $busy,
+      process_pct: ($ARGS.named | del(.step, .wall_ms, .cores, .busy))}' >>"$work/cpu.jsonl"
+}
+
 # Runs loadgen; a run that reports loss or errors exits 1 but still wrote its JSON.
 loadgen() { # <step> <args...>
   local step=$1; shift
@@ -228,6 +265,11 @@ fp_export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $
 fp_log "starting Mailpit"
 fp_export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
 export SMTP_HOST=127.0.0.1 SMTP_PORT=${MAILPIT_SMTP##*:}
+clk_tck=$(getconf CLK_TCK)
+# Both lead process groups of their own (see lib.sh's fp_launch).
+broker_pgid=$(pgrep -f -- "-Dkafka.logs.dir=$work/kafka" | head -n 1)
+mailpit_pgid=$(pgrep -f -- "--database $work/mailpit/mailpit.db" | head -n 1)
+: >"$work/cpu.jsonl"
 export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
 : >"$work/services.jsonl"
 
@@ -317,41 +359,52 @@ all=(orders transactions analytics email dashboard)
 
 if wants flatpack-ingest; then
   start_flatpack ingest orders
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.ingest." loadgen flatpack-ingest --url "http://$orders_addr" \
     --orders "$orders" --concurrency "$concurrency" --no-follow
+  cpu_end flatpack-ingest
   stop_flatpack flatpack-ingest
 fi
 
 if wants flatpack-pipeline; then
   start_flatpack pipeline "${all[@]}"
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
     --warmup-seconds "$warmup" --settle-seconds "$settle"
+  cpu_end flatpack-pipeline
   stop_flatpack flatpack-pipeline
 fi
 
 if wants flatpack-email; then
   start_flatpack email email
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.email." loadgen flatpack-email email-stage --emails "$emails" \
     --settle-seconds "$settle"
+  cpu_end flatpack-email
   stop_flatpack flatpack-email
 fi
 
 if wants flatpack-max; then
   start_flatpack max "${all[@]}"
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.max." loadgen flatpack-max --url "http://$orders_addr" \
     --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle"
+  cpu_end flatpack-max
   stop_flatpack flatpack-max
 fi
 
 if wants flatpack-rate; then
   start_flatpack rate "${all[@]}"
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.rate." loadgen flatpack-rate --url "http://$orders_addr" \
     --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
+  cpu_end flatpack-rate
   stop_flatpack flatpack-rate
 fi
 
 # --- 5. services, summary ------------------------------------------------------------------
 jq -s '.' "$work/services.jsonl" >"$out/services.json"
+jq -s '.' "$work/cpu.jsonl" >"$out/cpu.json"
 jq -n --arg dir "$out" --arg when "$stamp" --arg host "$(uname -srm)" \
   --argjson cores "$(nproc)" --argjson orders "$orders" --argjson rate "$rate" \
   --argjson quick "$quick" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
