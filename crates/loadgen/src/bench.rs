@@ -461,10 +461,7 @@ pub async fn feed(
         })
     }
     .await;
-    stop.store(true, Ordering::Relaxed);
-    watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("watcher of {analytics_result} panicked"))??;
+    stop_watcher(&stop, watcher, &analytics_result)?;
     result
 }
 
@@ -642,11 +639,20 @@ pub async fn email_stage(
         })
     }
     .await;
+    stop_watcher(&stop, watcher, &order_email_sent)?;
+    result
+}
+
+/// Stops a topic watcher thread and passes on its error.
+fn stop_watcher(
+    stop: &std::sync::atomic::AtomicBool,
+    watcher: std::thread::JoinHandle<anyhow::Result<()>>,
+    topic: &str,
+) -> anyhow::Result<()> {
     stop.store(true, Ordering::Relaxed);
     watcher
         .join()
-        .map_err(|_| anyhow::anyhow!("watcher of {order_email_sent} panicked"))??;
-    result
+        .map_err(|_| anyhow::anyhow!("watcher of {topic} panicked"))?
 }
 
 /// Creates `names` (after the topic prefix) with the configured partitions and replication

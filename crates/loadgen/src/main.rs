@@ -177,6 +177,21 @@ fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow:
     Ok(())
 }
 
+/// Prints a report's summary, writes its JSON, and exits 1 unless `ok`.
+fn finish(
+    summary: String,
+    path: Option<&PathBuf>,
+    report: &impl serde::Serialize,
+    ok: bool,
+) -> anyhow::Result<()> {
+    eprint!("{summary}");
+    write_json(path, report)?;
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -190,12 +205,7 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             let kafka = KafkaSettings::from_env()?;
             let report = bench::produce(&kafka, messages, in_flight, price).await?;
-            eprint!("{}", report.summary());
-            write_json(json.as_ref(), &report)?;
-            if report.failed > 0 {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish(report.summary(), json.as_ref(), &report, report.failed == 0)
         }
         Some(Command::Smtp {
             emails,
@@ -205,12 +215,7 @@ async fn main() -> anyhow::Result<()> {
         }) => {
             let settings = email::EmailSettings::from_env()?;
             let report = bench::smtp(&settings, emails, concurrency, price).await?;
-            eprint!("{}", report.summary());
-            write_json(json.as_ref(), &report)?;
-            if report.failed > 0 {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish(report.summary(), json.as_ref(), &report, report.failed == 0)
         }
         Some(Command::Feed {
             orders,
@@ -230,12 +235,7 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(settle_seconds),
             )
             .await?;
-            eprint!("{}", report.summary());
-            write_json(json.as_ref(), &report)?;
-            if !report.complete {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish(report.summary(), json.as_ref(), &report, report.complete)
         }
         Some(Command::EmailStage {
             emails,
@@ -255,12 +255,7 @@ async fn main() -> anyhow::Result<()> {
                 Duration::from_secs(settle_seconds),
             )
             .await?;
-            eprint!("{}", report.summary());
-            write_json(json.as_ref(), &report)?;
-            if !report.complete {
-                std::process::exit(1);
-            }
-            Ok(())
+            finish(report.summary(), json.as_ref(), &report, report.complete)
         }
         Some(Command::Topics { names }) => {
             let kafka = KafkaSettings::from_env()?;
@@ -291,10 +286,10 @@ async fn post(args: Args) -> anyhow::Result<()> {
         run_id: format!("load-{:08x}", rand::random::<u32>()),
     };
     let report = loadgen::run(&config, &kafka).await?;
-    eprint!("{}", report.summary());
-    write_json(args.json.as_ref(), &report)?;
-    if !report.is_clean() {
-        std::process::exit(1);
-    }
-    Ok(())
+    finish(
+        report.summary(),
+        args.json.as_ref(),
+        &report,
+        report.is_clean(),
+    )
 }
