@@ -205,7 +205,7 @@ group_ticks() { # <pgid>
 }
 # Busy and total ticks of the whole machine, from /proc/stat.
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-declare -A cpu_at=()
+declare -A cpu_at=() svc_pid=() svc_ready=()
 # Remembers the CPU used so far by the broker, Mailpit and the step's services.
 cpu_begin() {
   local name
@@ -280,7 +280,9 @@ fi
 
 # --- 2. Mailpit ----------------------------------------------------------------------------
 if wants mailpit; then
+  cpu_begin
   loadgen mailpit smtp --emails "$emails" --concurrency "$smtp_concurrency"
+  cpu_end mailpit
 fi
 
 # --- 3. the seed ---------------------------------------------------------------------------
@@ -328,7 +330,6 @@ fi
 
 # --- 4. flatpack ---------------------------------------------------------------------------
 # Starts the given services with the step's topic prefix and waits for each to be ready.
-declare -A svc_pid svc_ready
 start_flatpack() { # <step> <service...>
   local step=$1 name probe; shift
   orders_addr=127.0.0.1:$(fp_free_ports 1)
