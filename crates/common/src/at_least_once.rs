@@ -273,6 +273,19 @@ struct Work<H: Handler> {
     stop: CancellationToken,
 }
 
+// Not derived: that would ask for `H: Clone`, where only the `Arc` is cloned.
+impl<H: Handler> Clone for Work<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            producer: self.producer.clone(),
+            config: self.config.clone(),
+            dlq: self.dlq.clone(),
+            stop: self.stop.clone(),
+        }
+    }
+}
+
 impl<H: Handler> Work<H> {
     /// The work for one message: dead-letter it, skip it (handled before, or the same key
     /// is in hand already), or handle it and write its records.
@@ -293,16 +306,11 @@ impl<H: Handler> Work<H> {
         let input = match decode_or_log::<H::Input>(&message, service) {
             Ok(input) => input,
             Err(problem) => {
-                let (producer, config, stop, dlq) = (
-                    self.producer.clone(),
-                    self.config.clone(),
-                    self.stop.clone(),
-                    self.dlq.clone(),
-                );
+                let work = self.clone();
                 return Box::pin(async move {
-                    let dead = DeadLetter::new(&message, &dlq, &problem, service);
-                    finished.done =
-                        deliver(&producer, &config, &stop, || dead.future_record()).await;
+                    let dead = DeadLetter::new(&message, &work.dlq, &problem, service);
+                    let record = || dead.future_record();
+                    finished.done = deliver(&work.producer, &work.config, &work.stop, record).await;
                     finished
                 });
             }
@@ -316,46 +324,35 @@ impl<H: Handler> Work<H> {
             keys_in_hand.insert(key.clone());
             finished.key = Some(key.clone());
         }
-        let (handler, producer, config, stop) = (
-            self.handler.clone(),
-            self.producer.clone(),
-            self.config.clone(),
-            self.stop.clone(),
-        );
+        let work = self.clone();
         Box::pin(async move {
-            finished.done =
-                handle_and_record(&*handler, &input, &key, &producer, &config, &stop).await;
+            finished.done = work.handle_and_record(&input, &key).await;
             finished
         })
     }
-}
 
-/// Handles one input and writes its records; `false` when the loop was stopped first.
-async fn handle_and_record<H: Handler>(
-    handler: &H,
-    input: &H::Input,
-    key: &str,
-    producer: &FutureProducer<FlatpackContext>,
-    config: &AtLeastOnceConfig,
-    stop: &CancellationToken,
-) -> bool {
-    let Some(outputs) = handle_with_retry(handler, input, key, config, stop).await else {
-        info!(service = config.service, key = %key, "stopped before it was handled; not committed");
-        return false;
-    };
-    for output in &outputs {
-        let record = || {
-            FutureRecord::to(&output.topic)
-                .key(output.key.as_str())
-                .payload(output.payload.as_slice())
-        };
-        if !deliver(producer, config, stop, record).await {
-            warn!(service = config.service, key = %key, "stopped before its record was acknowledged; it will be handled again");
+    /// Handles one input and writes its records; `false` when the loop was stopped first.
+    async fn handle_and_record(&self, input: &H::Input, key: &str) -> bool {
+        let (producer, config, stop) = (&self.producer, &*self.config, &self.stop);
+        let Some(outputs) = handle_with_retry(&*self.handler, input, key, config, stop).await
+        else {
+            info!(service = config.service, key = %key, "stopped before it was handled; not committed");
             return false;
+        };
+        for output in &outputs {
+            let record = || {
+                FutureRecord::to(&output.topic)
+                    .key(output.key.as_str())
+                    .payload(output.payload.as_slice())
+            };
+            if !deliver(producer, config, stop, record).await {
+                warn!(service = config.service, key = %key, "stopped before its record was acknowledged; it will be handled again");
+                return false;
+            }
         }
+        debug!(service = config.service, key = %key, "handled");
+        true
     }
-    debug!(service = config.service, key = %key, "handled");
-    true
 }
 
 /// Runs the handler until it succeeds; `None` when stopped first.

@@ -121,14 +121,9 @@ impl Smtp {
         let bytes = message.formatted();
         match tokio::time::timeout(timeout, connection.send(message.envelope(), &bytes)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(err)) => {
-                // A broken connection is dropped by the pool's next recycle; one left in the
-                // middle of a transaction must not be handed out again at all.
-                if !err.is_permanent() {
-                    drop(Object::take(connection));
-                }
-                Err(classify(err))
-            }
+            // lettre aborts the connection on any error, so the pool's recycle drops it.
+            Ok(Err(err)) => Err(classify(err)),
+            // Cut off mid-command: not marked broken, so it must not go back to the pool.
             Err(_) => {
                 drop(Object::take(connection));
                 Err(SendError::Transient(anyhow::anyhow!(
