@@ -425,3 +425,33 @@ async fn an_order_already_on_order_email_sent_is_not_emailed_again() {
     email.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_an_order_in_hand_at_once_get_one_email() {
+    let env = test_env!();
+    let Some(mailpit) = mailpit() else { return };
+    create_topics(&env).await;
+    let decision = |id: u64| {
+        json!({"user_id": 7, "order_id": id, "user_email": recipient(&env, id),
+            "order_details": {"price": 10}, "time": 1_700_000_000.5, "status": "confirmed"})
+    };
+    // Three copies of order 3, then order 4, all waiting before the service starts: they
+    // are taken into hand together (EMAIL_CONCURRENCY 32), long before any is finished.
+    let source = env.topic(Topic::OrderConfirmed);
+    for id in [3, 3, 3, 4] {
+        env.produce(&source, "k", decision(id).to_string().as_bytes())
+            .await;
+    }
+
+    let email = spawn_email(&env, mailpit.smtp_vars());
+
+    let mails = mailpit
+        .wait_for(&query(&env), 2, Duration::from_secs(60))
+        .await;
+    assert_one_mail_each(&env, &mails, 3..=4);
+    let records = email_sent_records(&env, 2).await;
+    assert_one_record_each(&records, 3..=4);
+
+    email.stop().await.unwrap();
+    env.cleanup().await;
+}
