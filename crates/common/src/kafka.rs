@@ -293,6 +293,45 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
             Err((name, code)) => bail!("creating topic {name}: {code}"),
         }
     }
+    // A topic just created can be missing from the broker's metadata for a moment; whoever
+    // reads its partitions next (a consumer assigning them all) must not find none.
+    let (settings, names) = (settings.clone(), names.to_vec());
+    tokio::task::spawn_blocking(move || await_partitions(&settings, &names, ADMIN_TIMEOUT))
+        .await
+        .context("the topic metadata check panicked")?
+}
+
+/// Waits until the metadata of every topic in `names` lists its partitions.
+fn await_partitions(
+    settings: &KafkaSettings,
+    names: &[String],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let client: BaseConsumer<FlatpackContext> = base_config(settings)
+        .create_with_context(FlatpackContext {
+            client: "topic-metadata",
+        })
+        .context("creating a Kafka client for topic metadata")?;
+    let deadline = std::time::Instant::now() + timeout;
+    for name in names {
+        loop {
+            let listed = client
+                .fetch_metadata(Some(name), timeout)
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+                })
+                .unwrap_or(false);
+            if listed {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!("topic {name} still has no partitions {timeout:?} after it was created");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     Ok(())
 }
 
