@@ -35,6 +35,11 @@ Commands:
                         in the background, wait until it serves, then print
                           KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:<port>
                         If the data dir's broker already runs, just prints that line.
+  run [options]         Like start, but run the broker in the foreground (the JVM
+                        replaces this script, keeping its pid) until it is
+                        stopped, logging its output to stdout: for a process
+                        supervisor. Fails if the data dir's broker already runs.
+                        --owner-pid, --no-wait and --timeout do not apply.
   wait --data-dir D [--timeout S]
                         Wait until the broker of D serves (after start --no-wait),
                         then print the KAFKA_BOOTSTRAP_SERVERS line.
@@ -224,7 +229,9 @@ kafka_wait_ready() { # <data-dir> <port> <timeout>
 
 # ---------------------------------------------------------------- commands
 
-cmd_start() {
+cmd_start() { # <start|run> [options]
+  local mode="$1"
+  shift
   local data_dir="${KAFKA_DATA_DIR:-}" node_id="${KAFKA_NODE_ID:-}" port="${KAFKA_PORT:-}"
   local cport="${KAFKA_CONTROLLER_PORT:-}" voters="${KAFKA_VOTERS:-}"
   local cluster_id="${KAFKA_CLUSTER_ID:-}" partitions="${KAFKA_PARTITIONS:-}"
@@ -246,8 +253,8 @@ cmd_start() {
     esac
   done
   fp_is_uint "$timeout" || fp_die "--timeout must be a number of seconds"
-  [[ -n "$owner" ]] || owner="$(fp_default_owner)"
-  fp_is_uint "$owner" || fp_die "--owner-pid must be a pid (or 0), got '$owner'"
+  [[ -n "$owner" || "$mode" == run ]] || owner="$(fp_default_owner)"
+  fp_is_uint "${owner:-0}" || fp_die "--owner-pid must be a pid (or 0), got '$owner'"
 
   [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-kafka)"
   data_dir="$(fp_abs_dir "$data_dir")"
@@ -260,6 +267,7 @@ cmd_start() {
   local pid
   if pid="$(kafka_running_pid "$data_dir")"; then
     fp_log "broker of $data_dir already runs (pid $pid)"
+    [[ "$mode" == start ]] || fp_die "stop it first: scripts/kafka.sh stop --data-dir $data_dir"
     [[ -n "$PREV_PORT" ]] || fp_die "no port recorded in $data_dir/flatpack-kafka.env"
     if ((wait)); then kafka_wait_ready "$data_dir" "$PREV_PORT" "$timeout"; fi
     kafka_bootstrap_line "$PREV_PORT"
@@ -377,13 +385,11 @@ EOF
   read -r -a heap <<<"${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
   read -r -a perf <<<"${KAFKA_JVM_PERFORMANCE_OPTS:--server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true}"
   read -r -a extra <<<"${KAFKA_OPTS:-}"
+  local -a java=(java "${heap[@]}" "${perf[@]}" -Dkafka.logs.dir="$data_dir"
+    -Dlog4j2.configurationFile="$data_dir/log4j2.xml" "${extra[@]}" -cp "$KAFKA_LIBS/*" kafka.Kafka "$props")
   fp_log "starting Kafka $KAFKA_VERSION node $node_id: client 127.0.0.1:$port, controller 127.0.0.1:$cport, voters $voters"
-  fp_launch "$data_dir" kafka "$owner" "${KAFKA_STOP_TIMEOUT:-30}" "Kafka broker" \
-    java "${heap[@]}" "${perf[@]}" \
-    -Dkafka.logs.dir="$data_dir" \
-    -Dlog4j2.configurationFile="$data_dir/log4j2.xml" \
-    "${extra[@]}" \
-    -cp "$KAFKA_LIBS/*" kafka.Kafka "$props"
+  [[ "$mode" == start ]] || fp_exec "$data_dir" kafka "${java[@]}"
+  fp_launch "$data_dir" kafka "$owner" "${KAFKA_STOP_TIMEOUT:-30}" "Kafka broker" "${java[@]}"
 
   if ((wait)); then
     kafka_wait_ready "$data_dir" "$port" "$timeout"
@@ -439,7 +445,7 @@ main() {
   (($#)) && shift
   case "$cmd" in
     fetch) kafka_fetch --verbose ;;
-    start) cmd_start "$@" ;;
+    start | run) cmd_start "$cmd" "$@" ;;
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     wait) cmd_wait "$@" ;;

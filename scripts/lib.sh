@@ -329,6 +329,18 @@ fp_launch() { # <data-dir> <name> <owner-pid> <stop-timeout> <label> <cmd...>
     "$timeout" "$label" "$dir/watchdog.log"
 }
 
+# Run "<cmd...>" in the foreground inside <data-dir>, in place of the calling script (for a
+# process supervisor): same pid, recorded in <data-dir>/<name>.pid so that the script's
+# stop and status commands work as for a started service. Does not return.
+fp_exec() { # <data-dir> <name> <cmd...>
+  local dir="$1" name="$2"
+  shift 2
+  rm -f -- "$dir/$name.watchdog.pid"
+  printf '%s\n' "$$" >"$dir/$name.pid"
+  cd -- "$dir" || fp_die "cannot enter $dir"
+  exec "$@"
+}
+
 # Wait for <check-cmd...>; when it does not succeed in time or the process
 # dies, show <logs> (colon-separated files), stop the service and fail with a
 # message that says what was awaited (<what>).

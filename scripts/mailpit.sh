@@ -41,6 +41,14 @@ Commands:
                           MAILPIT_HTTP=http://127.0.0.1:<http-port>
                         If the data dir's Mailpit already runs, just prints them.
                         Words after -- go to mailpit as extra flags.
+  fetch                 Install if needed, as start does (a plain build whose UI
+                        build failed counts as installed; install retries the UI).
+  run [options] [-- mailpit-args]
+                        Like start, but run Mailpit in the foreground (it replaces
+                        this script, keeping its pid), logging to stdout, until
+                        it is stopped: for a process supervisor. Fails if the
+                        data dir's Mailpit already runs. --owner-pid and
+                        --timeout do not apply.
   stop --data-dir D [--timeout S]
                         SIGTERM Mailpit (and its watchdog), SIGKILL after S
                         (default 10) seconds. Exit 0 also when nothing runs.
@@ -279,7 +287,9 @@ mailpit_lines() { # <smtp-port> <http-port>
   printf 'MAILPIT_SMTP=127.0.0.1:%s\nMAILPIT_HTTP=http://127.0.0.1:%s\n' "$1" "$2"
 }
 
-cmd_start() {
+cmd_start() { # <start|run> [options]
+  local mode="$1"
+  shift
   local data_dir="${MAILPIT_DATA_DIR:-}" smtp="${MAILPIT_SMTP_PORT:-}" http="${MAILPIT_HTTP_PORT:-}"
   local owner="${FLATPACK_OWNER_PID:-}" timeout="${MAILPIT_START_TIMEOUT:-30}"
   local -a passthrough=()
@@ -296,8 +306,8 @@ cmd_start() {
     esac
   done
   fp_is_uint "$timeout" || fp_die "--timeout must be a number of seconds"
-  [[ -n "$owner" ]] || owner="$(fp_default_owner)"
-  fp_is_uint "$owner" || fp_die "--owner-pid must be a pid (or 0), got '$owner'"
+  [[ -n "$owner" || "$mode" == run ]] || owner="$(fp_default_owner)"
+  fp_is_uint "${owner:-0}" || fp_die "--owner-pid must be a pid (or 0), got '$owner'"
 
   [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-mailpit)"
   data_dir="$(fp_abs_dir "$data_dir")"
@@ -306,6 +316,7 @@ cmd_start() {
   fp_read_env_file "$data_dir/flatpack-mailpit.env" PREV_
   if pid="$(mailpit_running_pid "$data_dir")"; then
     fp_log "Mailpit of $data_dir already runs (pid $pid)"
+    [[ "$mode" == start ]] || fp_die "stop it first: scripts/mailpit.sh stop --data-dir $data_dir"
     mailpit_lines "$PREV_SMTP_PORT" "$PREV_HTTP_PORT"
     return 0
   fi
@@ -322,16 +333,14 @@ cmd_start() {
   mailpit_install --verbose
   printf 'SMTP_PORT=%s\nHTTP_PORT=%s\n' "$smtp" "$http" >"$data_dir/flatpack-mailpit.env"
 
-  if [[ -f "$data_dir/mailpit.log" ]]; then mv -f -- "$data_dir/mailpit.log" "$data_dir/mailpit.log.prev"; fi
+  local -a mailpit=("$MAILPIT_BIN" --smtp "127.0.0.1:$smtp" --listen "127.0.0.1:$http"
+    --database "$data_dir/mailpit.db" --smtp-auth-accept-any --smtp-auth-allow-insecure
+    --smtp-disable-rdns --disable-version-check)
   fp_log "starting Mailpit $MAILPIT_VERSION: SMTP 127.0.0.1:$smtp, HTTP 127.0.0.1:$http, data dir $data_dir"
+  [[ "$mode" == start ]] || fp_exec "$data_dir" mailpit "${mailpit[@]}" "${passthrough[@]}"
+  if [[ -f "$data_dir/mailpit.log" ]]; then mv -f -- "$data_dir/mailpit.log" "$data_dir/mailpit.log.prev"; fi
   fp_launch "$data_dir" mailpit "$owner" "${MAILPIT_STOP_TIMEOUT:-10}" "Mailpit" \
-    "$MAILPIT_BIN" \
-    --smtp "127.0.0.1:$smtp" --listen "127.0.0.1:$http" \
-    --database "$data_dir/mailpit.db" \
-    --smtp-auth-accept-any --smtp-auth-allow-insecure \
-    --smtp-disable-rdns --disable-version-check \
-    --log-file "$data_dir/mailpit.log" \
-    "${passthrough[@]}"
+    "${mailpit[@]}" --log-file "$data_dir/mailpit.log" "${passthrough[@]}"
   pid="$FP_PID"
   fp_await_ready "$data_dir" mailpit "$(mailpit_pid_marker "$data_dir")" "Mailpit" "$timeout" \
     "SMTP port $smtp open and http://127.0.0.1:$http/livez answering" \
@@ -372,7 +381,8 @@ main() {
   (($#)) && shift
   case "$cmd" in
     install) mailpit_install --verbose ui ;;
-    start) cmd_start "$@" ;;
+    fetch) mailpit_install --verbose any ;;
+    start | run) cmd_start "$cmd" "$@" ;;
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     -h | --help | help) usage ;;
