@@ -1,94 +1,210 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Runs the whole flatpack system on this machine, without Docker: Apache Kafka (from the
-# Maven Central jars), Mailpit, and every service, each logging to .flatpack/logs/.
-# Prints where to look, then runs until Ctrl-C, which stops everything cleanly.
+# Maven Central jars), Mailpit, and every service, as programs of supervisord (PyPI's
+# `supervisor`, installed into a venv in the flatpack cache), which restarts whatever exits,
+# with backoff, and logs that it did. Prints where to look and how to control it, then runs
+# until Ctrl-C or a closed terminal, which stop everything cleanly (Ctrl-C twice: at once).
 #
-# Kafka keeps its data in .flatpack/kafka, so orders and totals survive a restart.
-# Environment: KAFKA_PORT (default 9092), ORDERS_HTTP_ADDR (default 127.0.0.1:5002),
-# DASHBOARD_HTTP_ADDR (default 127.0.0.1:8000),
-# FLATPACK_PROFILE (dev or release, default dev), plus any setting the services read.
+# Nothing outlives this script: supervisord runs in a session of its own (so that the
+# terminal's SIGINT and SIGHUP reach only this script, which then stops it in order), and
+# it and every program it runs get SIGKILL as soon as their parent dies (setpriv
+# --pdeathsig), even when this script or supervisord itself is SIGKILLed.
+#
+# Kafka keeps its data in <state>/kafka, so orders and totals survive a restart.
+# Environment:
+#   FLATPACK_STATE_DIR   config, data and logs (default .flatpack in the repository)
+#   KAFKA_PORT (9092), MAILPIT_SMTP_PORT (1025), MAILPIT_HTTP_PORT (8025),
+#   ORDERS_HTTP_ADDR (127.0.0.1:5002), DASHBOARD_HTTP_ADDR (127.0.0.1:8000)
+#   FLATPACK_PROFILE     dev or release (default dev): the cargo profile built and run
+#   FLATPACK_BIN_DIR     run the service binaries in this directory, without building
+#   SUPERVISOR_VERSION   supervisor from PyPI (default 4.3.0)
+# plus any setting the services read.
+# shellcheck disable=SC2317 # stop_all and the installer run through trap and fp_with_lock
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 cd "$root"
+# shellcheck disable=SC2034 # read by lib.sh
 FP_NAME=run.sh
-# shellcheck source=scripts/lib.sh
+# shellcheck source=lib.sh
 source "$here/lib.sh"
 
 services=(orders transactions email analytics dashboard)
-state="$root/.flatpack"
+fp_need_cmd python3 setpriv setsid
+state=$(fp_abs_dir "${FLATPACK_STATE_DIR:-$root/.flatpack}")
 logs="$state/logs"
 mkdir -p "$logs"
-profile=${FLATPACK_PROFILE:-dev}
-case "$profile" in
-  dev) target_dir="$root/target/debug" ;;
-  release) target_dir="$root/target/release" ;;
-  *) echo "run.sh: FLATPACK_PROFILE must be dev or release, not '$profile'" >&2; exit 2 ;;
-esac
-
-pids=()
-stop_all() {
-  trap - EXIT INT TERM
-  echo >&2
-  echo "run.sh: stopping services" >&2
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  "$here/mailpit.sh" stop --data-dir "$state/mailpit" >/dev/null || true
-  "$here/kafka.sh" stop --data-dir "$state/kafka" >/dev/null || true
-  echo "run.sh: stopped" >&2
-}
-trap stop_all EXIT
-trap 'exit 0' INT TERM
-
-
-echo "run.sh: building the services ($profile)" >&2
-cargo build --profile "$profile" --bins --workspace --locked
-
-echo "run.sh: starting Kafka" >&2
-fp_export_lines "$("$here/kafka.sh" start --data-dir "$state/kafka" --port "${KAFKA_PORT:-9092}" --owner-pid $$)"
-echo "run.sh: starting Mailpit" >&2
-fp_export_lines "$("$here/mailpit.sh" start --data-dir "$state/mailpit" --owner-pid $$)"
-smtp_port=${MAILPIT_SMTP##*:}
-export SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
+conf="$state/supervisord.conf"
+ctl="$state/supervisorctl"
+kafka_port=${KAFKA_PORT:-9092}
+smtp_port=${MAILPIT_SMTP_PORT:-1025}
+mailpit_http_port=${MAILPIT_HTTP_PORT:-8025}
+export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$kafka_port" SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}
 export DASHBOARD_HTTP_ADDR=${DASHBOARD_HTTP_ADDR:-127.0.0.1:8000}
 
-for service in "${services[@]}"; do
-  "$target_dir/$service" >"$logs/$service.log" 2>&1 &
-  pids+=("$!")
+if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
+  fp_die "flatpack already runs from $state (supervisord pid $pid); control it with $ctl"
+fi
+for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" "${DASHBOARD_HTTP_ADDR##*:}"; do
+  ! fp_port_open "$port" || fp_die "port $port is in use; the variables at the top of $0 choose others"
 done
 
-# Wait for the API to answer before saying where to look.
-for _ in $(seq 1 150); do
-  if curl -fsS "http://$ORDERS_HTTP_ADDR/readyz" >/dev/null 2>&1; then break; fi
-  sleep 0.2
+if [[ -n "${FLATPACK_BIN_DIR:-}" ]]; then
+  bin_dir=$FLATPACK_BIN_DIR
+else
+  profile=${FLATPACK_PROFILE:-dev}
+  case "$profile" in
+    dev) bin_dir="$root/target/debug" ;;
+    release) bin_dir="$root/target/release" ;;
+    *) fp_die "FLATPACK_PROFILE must be dev or release, not '$profile'" ;;
+  esac
+  fp_log "building the services ($profile)"
+  cargo build --profile "$profile" --bins --workspace --locked
+fi
+for service in "${services[@]}"; do
+  [[ -x "$bin_dir/$service" ]] || fp_die "no service binary $bin_dir/$service"
 done
+
+# ---------------------------------------------------------------- supervisor
+
+SUPERVISOR_VERSION=${SUPERVISOR_VERSION:-4.3.0}
+venv="$(fp_cache_dir)/supervisor-$SUPERVISOR_VERSION"
+supervisor_ok() { [[ "$("$venv/bin/supervisord" --version 2>/dev/null)" == "$SUPERVISOR_VERSION" ]]; }
+supervisor_install_locked() {
+  supervisor_ok && return 0
+  fp_log "installing supervisor $SUPERVISOR_VERSION from PyPI into a venv in $venv"
+  rm -rf -- "$venv"
+  if ! python3 -m venv "$venv" >&2 ||
+    ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "supervisor==$SUPERVISOR_VERSION" >&2; then
+    rm -rf -- "$venv"
+    fp_die "installing supervisor failed (python3 -m venv needs Debian's python3-venv)"
+  fi
+  supervisor_ok || fp_die "$venv/bin/supervisord does not report version $SUPERVISOR_VERSION"
+}
+supervisor_ok || fp_with_lock "$venv.lock" supervisor_install_locked
+
+# Fetch and build now, in view, rather than inside the supervised programs.
+"$here/kafka.sh" fetch
+"$here/mailpit.sh" fetch
+
+# Every program gets SIGKILL when supervisord dies, whatever killed it.
+die_with_parent=(setpriv --pdeathsig KILL --)
+program() { # <name> <priority> <stop-seconds> <command...>
+  cat <<EOF
+
+[program:$1]
+command=${die_with_parent[*]} ${*:4}
+priority=$2
+stopwaitsecs=$3
+stopasgroup=true
+killasgroup=true
+autorestart=true
+startsecs=5
+startretries=100
+redirect_stderr=true
+stdout_logfile=$logs/$1.log
+stdout_logfile_backups=2
+EOF
+}
+{
+  cat <<EOF
+; Written by scripts/run.sh at each start; edits are overwritten.
+; Backoff: a program that exits within startsecs is started again after 1, 2, 3, ... s,
+; up to startretries times; one that ran longer is started again at once.
+[supervisord]
+nodaemon=true
+silent=true
+logfile=$logs/supervisord.log
+pidfile=$state/supervisord.pid
+childlogdir=$logs
+directory=$root
+
+[unix_http_server]
+file=$state/supervisor.sock
+chmod=0700
+
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+
+[supervisorctl]
+serverurl=unix://$state/supervisor.sock
+
+[group:services]
+programs=$(IFS=,; echo "${services[*]}")
+priority=100
+EOF
+  program kafka 10 "${KAFKA_STOP_TIMEOUT:-30}" "$(printf '%q ' "$here/kafka.sh" run --data-dir "$state/kafka" --port "$kafka_port")"
+  program mailpit 20 10 "$(printf '%q ' "$here/mailpit.sh" run --data-dir "$state/mailpit" --smtp-port "$smtp_port" --http-port "$mailpit_http_port")"
+  for service in "${services[@]}"; do
+    program "$service" 100 30 "$(printf '%q' "$bin_dir/$service")"
+  done
+} >"$conf"
+printf '#!/bin/sh\n# supervisorctl for the flatpack run from %s\nexec %q -c %q "$@"\n' \
+  "$state" "$venv/bin/supervisorctl" "$conf" >"$ctl"
+chmod +x "$ctl"
+
+# ---------------------------------------------------------------- run
+
+supervisor_pid=""
+tail_pid=""
+stop_all() {
+  local status=$?
+  trap '' HUP TERM # a closed terminal sends more than one SIGHUP; a 2nd Ctrl-C still exits
+  if [[ -n "$supervisor_pid" ]]; then
+    # Messages may fail: after SIGHUP there is no terminal any more.
+    fp_log "stopping everything (Ctrl-C again: stop at once)" || true
+    kill -TERM "$supervisor_pid" 2>/dev/null || true
+    wait "$supervisor_pid" 2>/dev/null || true
+  fi
+  if [[ -n "$tail_pid" ]]; then
+    sleep 0.2 # the last lines of supervisord's log
+    kill "$tail_pid" 2>/dev/null || true
+  fi
+  fp_log "stopped" || true
+  exit "$status"
+}
+trap stop_all EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+: >>"$logs/supervisord.log"
+tail -n 0 -F "$logs/supervisord.log" &
+tail_pid=$!
+setsid "${die_with_parent[@]}" "$venv/bin/supervisord" -c "$conf" </dev/null &
+supervisor_pid=$!
+
+rc=0
+fp_wait_until "$supervisor_pid" 120 fp_http_ok "http://$ORDERS_HTTP_ADDR/readyz" || rc=$?
+((rc != 2)) || fp_die "supervisord exited; see $logs/supervisord.log"
+((rc == 0)) || fp_log "the orders API is not ready after 120 s; see $logs/"
 
 cat <<TXT
 
-flatpack is running.
+flatpack is running; supervisord restarts whatever exits.
   Orders API   http://$ORDERS_HTTP_ADDR/order   (POST; health: /healthz, /readyz)
   Dashboard    http://$DASHBOARD_HTTP_ADDR/
-  Mailpit UI   $MAILPIT_HTTP
-  Kafka        $KAFKA_BOOTSTRAP_SERVERS
-  Logs         $logs/<service>.log
+  Mailpit UI   http://127.0.0.1:$mailpit_http_port/   (SMTP 127.0.0.1:$smtp_port)
+  Kafka        $KAFKA_BOOTSTRAP_SERVERS   (broker log: $state/kafka/server.log)
+  Logs         $logs/<program>.log, supervisord's own: $logs/supervisord.log
+
+Control it (programs: kafka, mailpit, services:orders, services:transactions, ...):
+  $ctl status
+  $ctl stop kafka     (and: start kafka; or kill -9 the broker, it is restarted)
+  $ctl restart services:transactions
 
 Try:
   curl -s -X POST http://$ORDERS_HTTP_ADDR/order -H 'content-type: application/json' \\
     -d '{"user_id": 7, "order_id": 1001, "user_email": "anna@example.com", "order_details": {"price": 349}}'
 
-Ctrl-C stops everything.
+Ctrl-C, or closing this terminal, stops everything.
 TXT
 
-# Stay up until Ctrl-C, or until a service dies (then say which and stop the rest).
-while true; do
-  for i in "${!pids[@]}"; do
-    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
-      echo "run.sh: ${services[$i]} exited; see $logs/${services[$i]}.log" >&2
-      exit 1
-    fi
-  done
-  sleep 1
-done
+rc=0
+wait "$supervisor_pid" || rc=$?
+supervisor_pid=""
+fp_log "supervisord exited (status $rc), and with it everything it ran"
+exit "$rc"
