@@ -204,13 +204,18 @@ pub async fn run(
     settings: AnalyticsSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    kafka::ensure_stage_topics(
+    let stop = common::shutdown::cancelled_by(shutdown);
+    if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderConfirmed,
         Topic::AnalyticsResult,
+        &stop,
     )
-    .await?;
-    common::shutdown::run_blocking_until(shutdown, move |stop| {
+    .await
+    {
+        return Ok(());
+    }
+    common::shutdown::run_blocking_until(stop.cancelled_owned(), move |stop| {
         work(&kafka_settings, &settings, &stop)
     })
     .await

@@ -38,7 +38,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::kafka::{self, FlatpackContext};
+use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::pipeline::{DeadLetter, Output, decode_or_log};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
@@ -99,6 +99,11 @@ pub struct AtLeastOnceConfig {
     pub source: Topic,
     /// The consumer group (shared by all instances of the service).
     pub group_id: String,
+    /// Stable per instance across restarts, unique among running instances: the instance's
+    /// static group membership (`group.instance.id`), so that a restarted instance takes its
+    /// partitions back at once instead of waiting for the group to expire its former self.
+    /// `None`: a new member at every start.
+    pub instance_id: Option<String>,
     /// The topic whose record keys mark inputs as handled (the loop's own output), or `None`
     /// to handle every input however often it is read.
     pub handled: Option<Topic>,
@@ -142,16 +147,24 @@ pub async fn run_at_least_once<H: Handler>(
     let topics = settings.topics();
     let source = topics.name(config.source);
     let dlq = topics.dlq(config.source);
+    let membership: Vec<(&str, &str)> = match &config.instance_id {
+        Some(id) => vec![("group.instance.id", id.as_str())],
+        None => Vec::new(),
+    };
     let consumer = Arc::new(kafka::stream_consumer(
         settings,
         config.service,
         &config.group_id,
+        &membership,
     )?);
     let producer = kafka::producer(settings, config.service, config.delivery_timeout)?;
     let mut handled = match config.handled {
         Some(topic) => {
             let keys = HandledKeys::new(settings, config, topics.name(topic));
-            Some(keys.catch_up().await?)
+            match keys.catch_up(stop).await? {
+                Some(keys) => Some(keys),
+                None => return Ok(()),
+            }
         }
         None => None,
     };
@@ -175,6 +188,7 @@ pub async fn run_at_least_once<H: Handler>(
     let mut uncommitted = false;
     // Set once an input was left unhandled: no later offset may be stored after it.
     let mut halted = false;
+    let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     loop {
         let stopping = stop.is_cancelled();
         if stopping && in_hand.is_empty() {
@@ -212,7 +226,9 @@ pub async fn run_at_least_once<H: Handler>(
                 let message = match received {
                     Ok(message) => message.detach(),
                     Err(err) => {
-                        warn!(service = config.service, cause = %err, "consumer error");
+                        if let Some(held_back) = consumer_errors.admit() {
+                            warn!(service = config.service, cause = %err, held_back, "consumer error");
+                        }
                         continue;
                     }
                 };
@@ -223,7 +239,11 @@ pub async fn run_at_least_once<H: Handler>(
                 if now != assignment {
                     assignment = now;
                     if let Some(keys) = handled.take() {
-                        handled = Some(keys.catch_up().await?);
+                        match keys.catch_up(stop).await? {
+                            Some(keys) => handled = Some(keys),
+                            // Stopped while the broker was away: nothing taken, nothing lost.
+                            None => break,
+                        }
                     }
                 }
                 in_hand.push_back(work.take(message, handled.as_ref(), &mut keys_in_hand));
@@ -440,17 +460,20 @@ impl HandledKeys {
         }
     }
 
-    /// Reads every partition of the topic to its current end (committed records only).
-    async fn catch_up(mut self) -> anyhow::Result<Self> {
+    /// Reads every partition of the topic to its current end (committed records only),
+    /// waiting for the broker as long as it takes; `None` when `stop` came first.
+    async fn catch_up(mut self, stop: &CancellationToken) -> anyhow::Result<Option<Self>> {
+        let stop = stop.clone();
         tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let before = self.keys.len();
-            self.read_to_end()?;
+            let what = format!("reading the handled keys of {}", self.topic);
+            retry_until_ok(&what, &stop, || self.read_to_end())?;
             info!(service = self.service, topic = %self.topic, keys = self.keys.len(), new = self.keys.len() - before, elapsed = ?started.elapsed(), "handled keys read");
-            Ok(self)
+            Some(self)
         })
         .await
-        .context("the handled-keys reader panicked")?
+        .context("the handled-keys reader panicked")
     }
 
     fn read_to_end(&mut self) -> anyhow::Result<()> {

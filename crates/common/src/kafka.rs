@@ -4,7 +4,9 @@
 //! never commit on their own. A [`FlatpackContext`] routes librdkafka's logs into `tracing`
 //! and reports rebalances and commits.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use rdkafka::ClientContext;
@@ -18,19 +20,88 @@ use rdkafka::producer::{DeliveryResult, FutureProducer, ProducerContext};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::{TopicPartitionList, consumer::Consumer};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
 
 /// How long admin requests (topic creation, metadata) may take before start-up gives up.
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often one kind of repeated complaint (a broker that does not answer, a reconnect
+/// that fails) may reach the log while it lasts.
+pub const COMPLAINT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets a repeated log line through once per interval, and counts what it held back.
+///
+/// While a broker is away, librdkafka reports every failed reconnect and every poll returns
+/// an error; a line for each would bury what matters. The first line of an outage goes out
+/// at once; later ones at most once per interval, saying how many were held back.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    every: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(n)` when a line may go out now (`n` lines were held back since the last one),
+    /// `None` when this one is held back.
+    pub fn admit(&mut self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < self.every => {
+                self.held_back += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.held_back))
+            }
+        }
+    }
+}
 
 /// Logs librdkafka's messages, rebalances and commits through `tracing`.
 #[derive(Debug, Clone)]
 pub struct FlatpackContext {
     /// Which client this is, for the logs: "orders-producer", "transactions-consumer", ...
     pub client: &'static str,
+    /// One throttle per kind of warning or error, so that an outage is a few lines.
+    complaints: Arc<Mutex<HashMap<String, Throttle>>>,
+}
+
+impl FlatpackContext {
+    pub fn new(client: &'static str) -> Self {
+        Self {
+            client,
+            complaints: Arc::default(),
+        }
+    }
+
+    /// `Some(held back)` when a complaint of this kind may be logged now.
+    fn admit(&self, kind: &str) -> Option<u64> {
+        let mut complaints = self
+            .complaints
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        complaints
+            .entry(kind.to_owned())
+            .or_insert_with(|| Throttle::new(COMPLAINT_INTERVAL))
+            .admit()
+    }
 }
 
 impl ClientContext for FlatpackContext {
@@ -40,8 +111,16 @@ impl ClientContext for FlatpackContext {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => error!(client, facility = fac, "{message}"),
-            RDKafkaLogLevel::Warning => warn!(client, facility = fac, "{message}"),
+            | RDKafkaLogLevel::Error => {
+                if let Some(held_back) = self.admit(fac) {
+                    error!(client, facility = fac, held_back, "{message}")
+                }
+            }
+            RDKafkaLogLevel::Warning => {
+                if let Some(held_back) = self.admit(fac) {
+                    warn!(client, facility = fac, held_back, "{message}")
+                }
+            }
             RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
                 info!(client, facility = fac, "{message}")
             }
@@ -57,8 +136,11 @@ impl ClientContext for FlatpackContext {
         {
             return;
         }
-        // Connection failures are retried by librdkafka and reported once per outage.
-        warn!(client = self.client, cause = %error, "{reason}");
+        // librdkafka retries connection failures by itself and reports each attempt.
+        let kind = format!("{:?}", error.rdkafka_error_code());
+        if let Some(held_back) = self.admit(&kind) {
+            warn!(client = self.client, cause = %error, held_back, "{reason}");
+        }
     }
 }
 
@@ -67,9 +149,18 @@ impl ProducerContext for FlatpackContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         // A failed delivery inside a transaction makes the commit fail, which aborts and
-        // retries the whole batch; here it is only worth a log line.
+        // retries the whole batch; here it is only worth a log line (records dropped by an
+        // abort not even that).
         if let Err((err, msg)) = result {
-            warn!(client = self.client, topic = msg.topic(), cause = %err, "delivery failed");
+            if err.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeQueue) {
+                debug!(
+                    client = self.client,
+                    topic = msg.topic(),
+                    "record dropped by an abort"
+                );
+            } else if let Some(held_back) = self.admit("delivery") {
+                warn!(client = self.client, topic = msg.topic(), cause = %err, held_back, "delivery failed");
+            }
         }
     }
 }
@@ -118,6 +209,9 @@ pub fn base_config(settings: &KafkaSettings) -> ClientConfig {
     for (key, value) in &settings.client_config {
         config.set(key, value);
     }
+    // librdkafka waits up to 10 s between attempts to reach a broker that went away, so a
+    // service noticed a restarted broker up to 10 s late; a second is plenty of backoff.
+    set_default(&mut config, "reconnect.backoff.max.ms", "1000");
     config
 }
 
@@ -144,7 +238,7 @@ pub fn producer(
     set_default(&mut config, "linger.ms", "2");
     set_default(&mut config, "client.id", client);
     config
-        .create_with_context(FlatpackContext { client })
+        .create_with_context(FlatpackContext::new(client))
         .with_context(|| format!("creating Kafka producer {client}"))
 }
 
@@ -173,7 +267,7 @@ pub fn transactional_producer(
     set_default(&mut config, "retry.backoff.ms", "10");
     set_default(&mut config, "client.id", client);
     config
-        .create_with_context(FlatpackContext { client })
+        .create_with_context(FlatpackContext::new(client))
         .with_context(|| format!("creating transactional Kafka producer {transactional_id}"))
 }
 
@@ -195,7 +289,7 @@ pub fn consumer_with(
     extra: &[(&str, &str)],
 ) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
     consumer_config(settings, client, group_id, extra)
-        .create_with_context(FlatpackContext { client })
+        .create_with_context(FlatpackContext::new(client))
         .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
 }
 
@@ -221,14 +315,15 @@ pub fn reader_to_end(
     )
 }
 
-/// [`consumer`] for async loops: the same configuration, read with `recv().await`.
+/// [`consumer_with`] for async loops: the same configuration, read with `recv().await`.
 pub fn stream_consumer(
     settings: &KafkaSettings,
     client: &'static str,
     group_id: &str,
+    extra: &[(&str, &str)],
 ) -> anyhow::Result<StreamConsumer<FlatpackContext>> {
-    consumer_config(settings, client, group_id, &[])
-        .create_with_context(FlatpackContext { client })
+    consumer_config(settings, client, group_id, extra)
+        .create_with_context(FlatpackContext::new(client))
         .with_context(|| format!("creating Kafka consumer {client} in group {group_id}"))
 }
 
@@ -308,9 +403,7 @@ fn await_partitions(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let client: BaseConsumer<FlatpackContext> = base_config(settings)
-        .create_with_context(FlatpackContext {
-            client: "topic-metadata",
-        })
+        .create_with_context(FlatpackContext::new("topic-metadata"))
         .context("creating a Kafka client for topic metadata")?;
     let deadline = std::time::Instant::now() + timeout;
     for name in names {
@@ -335,19 +428,74 @@ fn await_partitions(
     Ok(())
 }
 
-/// Creates what a consuming service needs: the topic it reads, that topic's dead-letter
-/// topic, and the topic it writes.
-pub async fn ensure_stage_topics(
+/// [`ensure_topics`] again and again until it succeeds: a service started before its broker
+/// (or while it restarts) waits for it, saying what it waits for, instead of giving up.
+/// Returns `false` when `stop` came first.
+pub async fn await_topics(
+    settings: &KafkaSettings,
+    names: &[String],
+    stop: &CancellationToken,
+) -> bool {
+    const PAUSE: Duration = Duration::from_secs(1);
+    let mut throttle = Throttle::new(COMPLAINT_INTERVAL);
+    loop {
+        let err = tokio::select! {
+            () = stop.cancelled() => return false,
+            result = ensure_topics(settings, names) => match result {
+                Ok(()) => return true,
+                Err(err) => err,
+            },
+        };
+        if let Some(held_back) = throttle.admit() {
+            warn!(bootstrap = %settings.bootstrap_servers, cause = %format!("{err:#}"), held_back, "waiting for Kafka to create or find the topics");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(PAUSE) => {}
+        }
+    }
+}
+
+/// Runs the blocking `attempt` until it succeeds, pausing between tries and saying
+/// (throttled) what it waits for: for the calls that cannot go on without the broker.
+/// Returns `None` when `stop` came first.
+pub fn retry_until_ok<T>(
+    what: &str,
+    stop: &CancellationToken,
+    mut attempt: impl FnMut() -> anyhow::Result<T>,
+) -> Option<T> {
+    const PAUSE: Duration = Duration::from_millis(500);
+    let mut throttle = Throttle::new(COMPLAINT_INTERVAL);
+    loop {
+        if stop.is_cancelled() {
+            return None;
+        }
+        match attempt() {
+            Ok(value) => return Some(value),
+            Err(err) => {
+                if let Some(held_back) = throttle.admit() {
+                    warn!(cause = %format!("{err:#}"), held_back, "waiting for Kafka: {what}");
+                }
+            }
+        }
+        let until = Instant::now() + PAUSE;
+        while Instant::now() < until && !stop.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits (see [`await_topics`]) for what a consuming service needs: the topic it reads,
+/// that topic's dead-letter topic, and the topic it writes. `false` when `stop` came first.
+pub async fn await_stage_topics(
     settings: &KafkaSettings,
     source: Topic,
     output: Topic,
-) -> anyhow::Result<()> {
+    stop: &CancellationToken,
+) -> bool {
     let topics = settings.topics();
-    ensure_topics(
-        settings,
-        &[topics.name(source), topics.dlq(source), topics.name(output)],
-    )
-    .await
+    let names = [topics.name(source), topics.dlq(source), topics.name(output)];
+    await_topics(settings, &names, stop).await
 }
 
 /// Asks the cluster for the metadata of `topic`: the readiness probe of every service.

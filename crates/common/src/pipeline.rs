@@ -10,24 +10,32 @@
 //! none of it; the restarted instance, with the same transactional id, aborts the open
 //! transaction and reads the batch again. Readers with `isolation.level=read_committed` thus
 //! see each output exactly once.
+//!
+//! A broker that goes away (restarts, loses leadership, is killed) stops nothing: a failed
+//! transaction is aborted and its batch read again; a producer that cannot go on (its abort
+//! failed, or the coordinator aborted a transaction that outlived its timeout while the broker
+//! was away) is replaced by a new one with the same transactional id, whose initialisation
+//! settles the old one's last transaction either way, after which the service's state is
+//! restored again. Each wait says (at most every few seconds) what it waits for. The loop
+//! ends with an error only when another instance took over its transactional id.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::events::{DecodeError, decode_json};
-use crate::kafka::{self, FlatpackContext};
+use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
 
@@ -41,7 +49,7 @@ pub mod dlq_headers {
 }
 
 /// How long a blocking transactional call may take before it counts as failed.
-const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A record to write: where, under which key, what.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,8 +134,9 @@ pub struct ExactlyOnceConfig {
 /// Runs `transform` over the source topic until `stop` is cancelled, exactly once.
 ///
 /// Blocking: call it from a dedicated thread (`tokio::task::spawn_blocking`). Returns `Ok`
-/// after a clean stop (no transaction open, producer flushed, consumer group left) and `Err`
-/// on a fatal error, after which the instance must restart.
+/// after a clean stop (no transaction open, producer flushed, consumer group left), also
+/// when asked to stop while it waited for the broker, and [`Fenced`] when another instance
+/// took over its transactional id.
 pub fn run_exactly_once<T: Transform>(
     settings: &KafkaSettings,
     config: &ExactlyOnceConfig,
@@ -148,31 +157,30 @@ pub fn run_exactly_once<T: Transform>(
         )?,
         Membership::Exclusive => kafka::consumer(settings, config.service, &config.group_id)?,
     };
-    let producer = kafka::transactional_producer(
-        settings,
-        config.service,
-        &config.transactional_id,
-        config.transaction_timeout,
-    )?;
-    producer
-        .init_transactions(TXN_CALL_TIMEOUT)
-        .map_err(|err| fenced_or(err, &config.transactional_id))
-        .with_context(|| format!("initialising transactions as {}", config.transactional_id))?;
-    transform.restore().context("restoring state")?;
+    let Some(mut producer) = start_producer(settings, config, &mut transform, stop)? else {
+        return Ok(());
+    };
     match config.membership {
         Membership::Group => consumer
             .subscribe(&[&source])
             .with_context(|| format!("subscribing to {source}"))?,
         Membership::Exclusive => {
-            kafka::assign_all_at_committed(&consumer, &source, TXN_CALL_TIMEOUT)?;
+            let what = format!("reading the partitions of {source}");
+            let assigned = retry_until_ok(&what, stop, || {
+                kafka::assign_all_at_committed(&consumer, &source, TXN_CALL_TIMEOUT)
+            });
+            if assigned.is_none() {
+                return Ok(());
+            }
         }
     }
     info!(service = config.service, topic = %source, group = %config.group_id, "consuming exactly once");
 
     let mut batch = Vec::with_capacity(config.max_batch);
     let mut out = Vec::new();
+    let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     while !stop.is_cancelled() {
-        collect_batch(&consumer, config, stop, &mut batch);
+        collect_batch(&consumer, config, stop, &mut batch, &mut consumer_errors);
         if batch.is_empty() {
             continue;
         }
@@ -186,36 +194,125 @@ pub fn run_exactly_once<T: Transform>(
             &batch,
             &mut out,
         );
-        match result {
+        let err = match result {
             Ok(()) => {
                 transform.committed();
                 debug!(service = config.service, messages = batch.len(), elapsed = ?started.elapsed(), "transaction committed");
+                continue;
             }
-            Err(err) if is_fatal(&err) => {
-                let err = fenced_or(err, &config.transactional_id);
-                if err.is::<Fenced>() {
-                    warn!(
-                        service = config.service,
-                        "another instance took over; stopping this loop"
-                    );
-                    return Err(err);
-                }
-                error!(service = config.service, cause = %err, "fatal Kafka error; stopping");
-                return Err(err).context("exactly-once loop stopped by a fatal Kafka error");
+            Err(err) => err,
+        };
+        transform.aborted();
+        match Failure::of(err, &producer, started.elapsed(), config) {
+            Failure::Fenced(err) => {
+                warn!(service = config.service, cause = %err, "another instance took over; stopping this loop");
+                return Err(Fenced(config.transactional_id.clone()).into());
             }
-            Err(err) => {
+            Failure::Abortable(err) => {
                 warn!(service = config.service, cause = %err, messages = batch.len(), "transaction failed; aborting and reading the batch again");
-                recover(&consumer, &producer)?;
-                transform.aborted();
+                if let Err(abort_err) = abort(&producer) {
+                    warn!(service = config.service, cause = %abort_err, "abort failed; replacing the producer");
+                    drop(producer);
+                    match start_producer(settings, config, &mut transform, stop)? {
+                        Some(new) => producer = new,
+                        None => return Ok(()),
+                    }
+                }
             }
+            Failure::Unusable(err) => {
+                warn!(service = config.service, cause = %err, messages = batch.len(), "the producer cannot go on; replacing it and reading the batch again");
+                drop(producer);
+                match start_producer(settings, config, &mut transform, stop)? {
+                    Some(new) => producer = new,
+                    None => return Ok(()),
+                }
+            }
+        }
+        let rewound = retry_until_ok("rewinding to the committed offsets", stop, || {
+            kafka::rewind_to_committed(&consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
+        });
+        if rewound.is_none() {
+            break;
         }
     }
     info!(service = config.service, "stopping: no transaction open");
-    producer
-        .flush(TXN_CALL_TIMEOUT)
-        .context("flushing the producer on shutdown")?;
+    if let Err(err) = producer.flush(TXN_CALL_TIMEOUT) {
+        warn!(service = config.service, cause = %err, "flushing the producer on shutdown failed");
+    }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// What a failed transaction leaves behind, and so what the loop does next.
+#[derive(Debug)]
+enum Failure {
+    /// Another instance owns the transactional id now.
+    Fenced(KafkaError),
+    /// The transaction can be aborted and the batch read again.
+    Abortable(KafkaError),
+    /// The producer is in a fatal state: only a new one can go on.
+    Unusable(KafkaError),
+}
+
+impl Failure {
+    /// A fencing error is taken for another instance only when the transaction was younger
+    /// than the transaction timeout: the coordinator itself fences a producer whose
+    /// transaction outlived it (bumping the epoch as it aborts), which happens when the
+    /// broker was away for longer, and then a new producer may go on.
+    fn of(
+        err: KafkaError,
+        producer: &BaseProducer<FlatpackContext>,
+        age: Duration,
+        config: &ExactlyOnceConfig,
+    ) -> Self {
+        // A fatal error may come as the generic "fatal" code; the producer keeps the cause.
+        let fenced = is_fenced(error_code(&err))
+            || producer
+                .client()
+                .fatal_error()
+                .is_some_and(|(code, _)| is_fenced(Some(code)));
+        if fenced {
+            if age < config.transaction_timeout {
+                Failure::Fenced(err)
+            } else {
+                Failure::Unusable(err)
+            }
+        } else if is_fatal(&err) {
+            Failure::Unusable(err)
+        } else {
+            Failure::Abortable(err)
+        }
+    }
+}
+
+/// A transactional producer that owns its transactional id (any former owner fenced, its
+/// open transaction settled), with the transform's state restored: waits for the broker as
+/// long as it takes. `None` when `stop` came first.
+fn start_producer<T: Transform>(
+    settings: &KafkaSettings,
+    config: &ExactlyOnceConfig,
+    transform: &mut T,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<BaseProducer<FlatpackContext>>> {
+    let producer = kafka::transactional_producer(
+        settings,
+        config.service,
+        &config.transactional_id,
+        config.transaction_timeout,
+    )?;
+    let what = format!("initialising transactions as {}", config.transactional_id);
+    let initialised = retry_until_ok(&what, stop, || {
+        producer
+            .init_transactions(TXN_CALL_TIMEOUT)
+            .map_err(Into::into)
+    });
+    if initialised.is_none() {
+        return Ok(None);
+    }
+    if retry_until_ok("restoring state", stop, || transform.restore()).is_none() {
+        return Ok(None);
+    }
+    Ok(Some(producer))
 }
 
 /// Polls until `max_batch` messages are in, or `max_batch_wait` passed since the first.
@@ -224,6 +321,7 @@ fn collect_batch(
     config: &ExactlyOnceConfig,
     stop: &CancellationToken,
     batch: &mut Vec<OwnedMessage>,
+    errors: &mut Throttle,
 ) {
     const IDLE_POLL: Duration = Duration::from_millis(100);
     batch.clear();
@@ -245,7 +343,9 @@ fn collect_batch(
                 deadline.get_or_insert_with(|| Instant::now() + config.max_batch_wait);
             }
             Some(Err(err)) => {
-                warn!(service = config.service, cause = %err, "consumer error");
+                if let Some(held_back) = errors.admit() {
+                    warn!(service = config.service, cause = %err, held_back, "consumer error");
+                }
                 if deadline.is_some() {
                     return;
                 }
@@ -453,36 +553,45 @@ pub fn decode_or_log<T: DeserializeOwned>(
     })
 }
 
-/// Aborts the open transaction and rewinds the consumer to the last committed offsets.
-fn recover(
-    consumer: &BaseConsumer<FlatpackContext>,
-    producer: &BaseProducer<FlatpackContext>,
-) -> anyhow::Result<()> {
-    match producer.abort_transaction(TXN_CALL_TIMEOUT) {
-        Ok(()) => {}
-        // Nothing open (the failure came before begin_transaction took effect).
-        Err(KafkaError::Transaction(err)) if err.code() == RDKafkaErrorCode::State => {}
-        Err(err) if is_fatal(&err) => bail!("aborting the transaction failed fatally: {err}"),
-        Err(err) => return Err(err).context("aborting the transaction"),
+/// Aborts the open transaction.
+///
+/// librdkafka's abort drops the records still queued and then waits until the delivery
+/// report of every record in flight was served; rdkafka's producer serves them only when
+/// polled, and nobody polls during the call. So the loop drops the queue and serves the
+/// reports itself first (records in flight to a broker that is away fail within the
+/// transaction timeout).
+fn abort(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
+    producer.purge(PurgeConfig::default().queue());
+    let mut attempts = 0;
+    loop {
+        await_deliveries(producer, TXN_CALL_TIMEOUT)?;
+        match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {
+                attempts += 1;
+                warn!(cause = %err, attempts, "abort not finished; retrying");
+            }
+            other => return other,
+        }
     }
-    kafka::rewind_to_committed(consumer, TXN_CALL_TIMEOUT)
-        .context("rewinding to the committed offsets after an abort")
 }
 
-/// [`Fenced`] when `err` says another producer took over the transactional id.
-fn fenced_or(err: KafkaError, transactional_id: &str) -> anyhow::Error {
-    let code = match &err {
+fn error_code(err: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match err {
         KafkaError::Transaction(e) => Some(e.code()),
         other => other.rdkafka_error_code(),
-    };
-    match code {
+    }
+}
+
+/// The error code says another producer took over the transactional id (or its epoch).
+fn is_fenced(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
         Some(
             RDKafkaErrorCode::Fenced
-            | RDKafkaErrorCode::ProducerFenced
-            | RDKafkaErrorCode::InvalidProducerEpoch,
-        ) => Fenced(transactional_id.to_owned()).into(),
-        _ => err.into(),
-    }
+                | RDKafkaErrorCode::ProducerFenced
+                | RDKafkaErrorCode::InvalidProducerEpoch
+        )
+    )
 }
 
 fn is_fatal(err: &KafkaError) -> bool {

@@ -32,6 +32,20 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// A token cancelled once `shutdown` completes, for start-up steps that wait for a
+/// dependency (the broker) and must give up waiting when asked to stop.
+pub fn cancelled_by(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio_util::sync::CancellationToken {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cancel = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        cancel.cancel();
+    });
+    stop
+}
+
 /// Runs the blocking `work` on a thread of its own until it returns, or until `shutdown`
 /// completes: then `work`'s token is cancelled and its own orderly end awaited (it finishes
 /// the open batch and commits). Dropping the returned future cancels the token as well, so

@@ -74,10 +74,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
     let names: Vec<String> = Topic::ALL.iter().map(|t| topics.name(*t)).collect();
-    kafka::ensure_topics(&kafka_settings, &names).await?;
+    let stop = CancellationToken::new();
+    // The page serves (not ready) while the broker is away; the readers wait for the topics.
+    tokio::spawn({
+        let (kafka_settings, names, stop) = (kafka_settings.clone(), names.clone(), stop.clone());
+        async move { kafka::await_topics(&kafka_settings, &names, &stop).await }
+    });
 
     let shared = Arc::new(Shared::new(view::View::new(settings.max_orders)));
-    let stop = CancellationToken::new();
     let mut readers = Vec::new();
     let mut consumers = Vec::new();
     for (topic, name) in Topic::ALL.into_iter().zip(names) {

@@ -44,7 +44,7 @@ fn default_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 5002))
 }
 fn default_publish_timeout() -> u64 {
-    5_000
+    10_000
 }
 fn default_max_body() -> usize {
     16 * 1024
@@ -113,7 +113,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState::new(&kafka_settings, &settings)?;
-    kafka::ensure_topics(&kafka_settings, &[state.topic.to_string()]).await?;
+    // The API serves at once: while the broker is away `/readyz` says so and orders get 503.
+    let topics_stop = tokio_util::sync::CancellationToken::new();
+    let _stop_topics_on_return = topics_stop.clone().drop_guard();
+    tokio::spawn({
+        let (kafka_settings, names) = (kafka_settings.clone(), [state.topic.to_string()]);
+        async move { kafka::await_topics(&kafka_settings, &names, &topics_stop).await }
+    });
     let producer = state.producer.clone();
     let addr = listener.local_addr().context("reading the bound address")?;
     info!(%addr, "orders API listening");

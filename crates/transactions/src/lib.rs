@@ -138,7 +138,17 @@ pub async fn run<P: PaymentCheck>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
-    kafka::ensure_stage_topics(&kafka_settings, Topic::OrderDetails, Topic::OrderConfirmed).await?;
+    let stop = common::shutdown::cancelled_by(shutdown);
+    if !kafka::await_stage_topics(
+        &kafka_settings,
+        Topic::OrderDetails,
+        Topic::OrderConfirmed,
+        &stop,
+    )
+    .await
+    {
+        return Ok(());
+    }
     let config = ExactlyOnceConfig {
         service: "transactions",
         source: Topic::OrderDetails,
@@ -150,7 +160,7 @@ pub async fn run<P: PaymentCheck>(
         transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
     };
     let transform = Decide::new(check, topics.name(Topic::OrderConfirmed));
-    common::shutdown::run_blocking_until(shutdown, move |stop| {
+    common::shutdown::run_blocking_until(stop.cancelled_owned(), move |stop| {
         run_exactly_once(&kafka_settings, &config, transform, &stop)
     })
     .await
