@@ -9,6 +9,10 @@
 //! only once it went out. Up to `EMAIL_CONCURRENCY` e-mails are in flight at once, each on a
 //! pooled SMTP connection of its own. Messages that cannot be decoded go to
 //! `order_confirmed.dlq`.
+//!
+//! The one case that sends an e-mail twice, a crash after the SMTP server took it and before
+//! its record was acknowledged, sends it with the same `Message-ID` (made from the order id
+//! and the kind of e-mail), which mail systems use to drop the copy.
 
 pub mod settings;
 pub mod smtp;
@@ -33,8 +37,9 @@ pub use settings::{EmailSettings, EmailVars, SmtpTls};
 use smtp::{SendError, Smtp};
 
 /// How long a write to `order_email_sent` may wait for the broker's acknowledgement before
-/// it is tried again.
-const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// it is tried again. Long enough to ride out a broker restart inside one write: a write
+/// tried again after a timeout may land twice.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Orders in hand per SMTP connection: one being sent, the others waiting for a connection
 /// or for the acknowledgement of their `order_email_sent` record.
@@ -76,6 +81,11 @@ impl SendEmail {
             .parse()
             .context("the address is not one SMTP accepts")?;
         Message::builder()
+            .message_id(Some(message_id(
+                &decision.order.order_id.to_string(),
+                templates::kind_of(decision),
+                self.from.email.domain(),
+            )))
             .from(self.from.clone())
             .to(to)
             .subject(rendered.subject)
@@ -105,6 +115,24 @@ impl SendEmail {
             payload: serde_json::to_vec(&record).unwrap_or_default(),
         }
     }
+}
+
+/// The `Message-ID` of the e-mail of `kind` for an order: the same for every send of it.
+/// Characters outside the few a Message-ID may carry as they are go as `=XX` (hex).
+fn message_id(order_id: &str, kind: EmailKind, domain: &str) -> String {
+    let mut local = String::with_capacity(order_id.len() + 16);
+    for byte in order_id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_') {
+            local.push(char::from(byte));
+        } else {
+            local.push_str(&format!("={byte:02X}"));
+        }
+    }
+    let kind = match kind {
+        EmailKind::Confirmation => "confirmation",
+        EmailKind::DeclinedNotice => "declined",
+    };
+    format!("<order-{local}.{kind}@{domain}>")
 }
 
 impl Handler for SendEmail {
@@ -153,17 +181,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
-    kafka::ensure_stage_topics(
+    let stopping = common::shutdown::cancelled_by(shutdown);
+    if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderConfirmed,
         Topic::OrderEmailSent,
+        &stopping,
     )
-    .await?;
+    .await
+    {
+        return Ok(());
+    }
     let handler = SendEmail::new(&settings, topics.name(Topic::OrderEmailSent))?;
     let config = AtLeastOnceConfig {
         service: "email",
         source: Topic::OrderConfirmed,
         group_id: topics.scoped("email"),
+        instance_id: settings.instance_id.clone(),
         handled: Some(Topic::OrderEmailSent),
         // The pool holds EMAIL_CONCURRENCY connections; more orders in hand let the broker's
         // acknowledgements of finished e-mails overlap the next sends instead of holding a
@@ -178,10 +212,29 @@ pub async fn run(
     tokio::pin!(worker);
     tokio::select! {
         result = &mut worker => return result,
-        () = shutdown => {
+        () = stopping.cancelled() => {
             info!("finishing the e-mails in hand");
             stop.cancel();
         }
     }
     worker.await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_is_the_same_for_every_send_and_escapes_what_it_cannot_carry() {
+        let id = message_id("1001", EmailKind::Confirmation, "flatpack.example");
+        assert_eq!(id, "<order-1001.confirmation@flatpack.example>");
+        assert_eq!(
+            id,
+            message_id("1001", EmailKind::Confirmation, "flatpack.example")
+        );
+        assert_eq!(
+            message_id("a b>@c", EmailKind::DeclinedNotice, "x.example"),
+            "<order-a=20b=3E=40c.declined@x.example>"
+        );
+    }
 }

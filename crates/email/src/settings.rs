@@ -52,6 +52,11 @@ pub struct EmailSettings {
     /// `EMAIL_CONCURRENCY` (default 32): most e-mails in flight at once, each on its own SMTP
     /// connection.
     pub concurrency: usize,
+    /// `EMAIL_INSTANCE_ID`: this instance's static membership in the consumer group, unique
+    /// among running instances and the same across its restarts, so that a restarted
+    /// instance takes its partitions back at once. Unset: a new member at every start, and a
+    /// crashed instance's partitions wait until the group gives up on it.
+    pub instance_id: Option<String>,
 }
 
 /// The variables as they come, before they are checked: one field per variable the service
@@ -78,6 +83,8 @@ pub struct EmailVars {
     email_retry_max_ms: u64,
     #[serde(default = "default_concurrency")]
     email_concurrency: usize,
+    #[serde(default)]
+    email_instance_id: Option<String>,
 }
 
 fn default_host() -> String {
@@ -171,6 +178,15 @@ impl EmailVars {
             self.email_retry_initial_ms..=3_600_000,
         )?;
         check_range("EMAIL_CONCURRENCY", self.email_concurrency, 1..=256)?;
+        let instance_id = match self.email_instance_id.map(|id| id.trim().to_owned()) {
+            Some(id) if id.is_empty() || id.contains(char::is_whitespace) => {
+                return Err(SettingsError::new(
+                    "EMAIL_INSTANCE_ID",
+                    "must be a name without spaces, or unset",
+                ));
+            }
+            id => id,
+        };
         Ok(EmailSettings {
             smtp_host,
             smtp_port: self.smtp_port,
@@ -183,6 +199,7 @@ impl EmailVars {
                 max: Duration::from_millis(self.email_retry_max_ms),
             },
             concurrency: self.email_concurrency,
+            instance_id,
         })
     }
 }
@@ -269,6 +286,11 @@ mod tests {
             (vec![("EMAIL_FROM", "not a mailbox")], "EMAIL_FROM"),
             (vec![("EMAIL_CONCURRENCY", "0")], "EMAIL_CONCURRENCY"),
             (vec![("EMAIL_CONCURRENCY", "many")], "EMAIL_CONCURRENCY"),
+            (vec![("EMAIL_INSTANCE_ID", " ")], "EMAIL_INSTANCE_ID"),
+            (
+                vec![("EMAIL_INSTANCE_ID", "email one")],
+                "EMAIL_INSTANCE_ID",
+            ),
             (
                 vec![("EMAIL_RETRY_INITIAL_MS", "0")],
                 "EMAIL_RETRY_INITIAL_MS",
