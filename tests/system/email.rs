@@ -160,12 +160,23 @@ async fn posted_orders_each_get_one_email_in_the_mailbox_and_one_order_email_sen
     let by_order = mails_by_order(&env, &mails);
     for (id, mail) in by_order.iter().map(|(id, m)| (*id, &m[0])) {
         assert_eq!(mail.from.address, "orders@flatpack.example");
-        let expected = if declined(id) {
-            format!("Payment declined for your flatpack order {id}")
+        let (expected, kind) = if declined(id) {
+            (
+                format!("Payment declined for your flatpack order {id}"),
+                "declined",
+            )
         } else {
-            format!("Your flatpack order {id} is confirmed")
+            (
+                format!("Your flatpack order {id} is confirmed"),
+                "confirmation",
+            )
         };
         assert_eq!(mail.subject, expected);
+        // The same for every send of it, so that a repeat after a crash is recognisable.
+        assert_eq!(
+            mail.message_id,
+            format!("order-{id}.{kind}@flatpack.example")
+        );
     }
     let confirmed = mailpit.message(&by_order[&1][0].id).await;
     for body in [&confirmed.text, &confirmed.html] {

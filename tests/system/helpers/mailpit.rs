@@ -33,6 +33,9 @@ pub struct MailSummary {
     pub to: Vec<MailAddress>,
     #[serde(rename = "From")]
     pub from: MailAddress,
+    /// The `Message-ID` header, without its angle brackets.
+    #[serde(rename = "MessageID", default)]
+    pub message_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,7 +101,7 @@ impl Mailpit {
         let response = self
             .client
             .get(format!("{}/api/v1/search", self.http))
-            .query(&[("query", query), ("limit", "5000")])
+            .query(&[("query", query), ("limit", "50000")])
             .send()
             .await
             .expect("Mailpit search");

@@ -50,15 +50,10 @@ pub struct TestEnv {
 /// [`broker::bootstrap_servers`]).
 pub async fn test_env() -> Option<TestEnv> {
     let servers = broker::bootstrap_servers().await?;
-    let prefix = format!("t{:08x}_", rand::random::<u32>());
-    let env = TestEnv {
-        kafka: KafkaSettings::from_vars(vars_for(&servers, &prefix)).expect("test settings"),
-        prefix,
-    };
-    Some(env)
+    Some(TestEnv::on(&servers, 1))
 }
 
-fn vars_for(servers: &str, prefix: &str) -> Vec<(String, String)> {
+fn vars_for(servers: &str, prefix: &str, replication: i32) -> Vec<(String, String)> {
     vec![
         ("KAFKA_BOOTSTRAP_SERVERS".into(), servers.into()),
         ("FLATPACK_TOPIC_PREFIX".into(), prefix.into()),
@@ -66,13 +61,32 @@ fn vars_for(servers: &str, prefix: &str) -> Vec<(String, String)> {
             "FLATPACK_TOPIC_PARTITIONS".into(),
             TEST_PARTITIONS.to_string(),
         ),
+        (
+            "FLATPACK_TOPIC_REPLICATION_FACTOR".into(),
+            replication.to_string(),
+        ),
     ]
 }
 
 impl TestEnv {
+    /// A fresh namespace on the brokers at `servers`, whose topics get `replication`
+    /// replicas.
+    pub fn on(servers: &str, replication: i32) -> Self {
+        let prefix = format!("t{:08x}_", rand::random::<u32>());
+        TestEnv {
+            kafka: KafkaSettings::from_vars(vars_for(servers, &prefix, replication))
+                .expect("test settings"),
+            prefix,
+        }
+    }
+
     /// The environment a service process of this test runs with.
     pub fn service_vars(&self) -> Vec<(String, String)> {
-        vars_for(&self.kafka.bootstrap_servers, &self.prefix)
+        vars_for(
+            &self.kafka.bootstrap_servers,
+            &self.prefix,
+            self.kafka.replication_factor,
+        )
     }
 
     pub fn topic(&self, topic: common::Topic) -> String {
@@ -141,6 +155,10 @@ pub struct Record {
     pub key: Option<String>,
     pub payload: Vec<u8>,
     pub headers: HashMap<String, String>,
+    /// When the producer wrote it (milliseconds since the epoch); the fault tests time the
+    /// stages' catch-up with it.
+    #[allow(dead_code)]
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Record {
@@ -211,6 +229,7 @@ impl TopicReader {
                         .map(|k| String::from_utf8_lossy(k).into_owned()),
                     payload: message.payload().unwrap_or_default().to_vec(),
                     headers,
+                    timestamp_ms: message.timestamp().to_millis(),
                 });
                 true
             }
