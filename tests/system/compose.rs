@@ -29,6 +29,17 @@ const COMPOSE_FILES: [&str; 3] = [
     "docker-compose-cluster.yml",
 ];
 
+/// Every compose file.
+const ALL_COMPOSE_FILES: [&str; 4] = [
+    "docker-compose.yml",
+    "docker-compose-kafka.yml",
+    "docker-compose-services.yml",
+    "docker-compose-cluster.yml",
+];
+
+/// Restart policies that bring an exited container back.
+const RESTARTING: [&str; 3] = ["always", "unless-stopped", "on-failure"];
+
 type Env = BTreeMap<String, String>;
 
 /// What a service reads, and how it reads it at start.
@@ -165,9 +176,11 @@ fn environment(service: &Mapping, what: &str) -> Env {
     }
 }
 
-/// The environment of every service a compose file defines, following `include` and
-/// `extends` (an extending service's variables override the extended one's).
-fn services(path: &Path) -> BTreeMap<String, Env> {
+/// Every service a compose file defines, as compose resolves it: following `include`, and
+/// `extends` (the extending service's keys over the extended one's: mappings merged key by
+/// key, anything else replaced). `environment` is a mapping first, whichever of compose's
+/// forms a file uses, so that variables merge one by one.
+fn resolved_services(path: &Path) -> BTreeMap<String, Mapping> {
     let doc = load_yaml(path);
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut all = BTreeMap::new();
@@ -185,7 +198,7 @@ fn services(path: &Path) -> BTreeMap<String, Env> {
                 other => panic!("{}: bad include {other:?}", path.display()),
             };
             for included in paths {
-                all.extend(services(&dir.join(included)));
+                all.extend(resolved_services(&dir.join(included)));
             }
         }
     }
@@ -196,8 +209,8 @@ fn services(path: &Path) -> BTreeMap<String, Env> {
             let Value::Mapping(service) = service else {
                 panic!("{what}: not a mapping");
             };
-            let mut env = match service.get("extends") {
-                None => Env::new(),
+            let mut resolved = match service.get("extends") {
+                None => Mapping::new(),
                 Some(Value::Mapping(extends)) => {
                     let base = scalar(
                         extends.get("service").expect("extends.service"),
@@ -207,20 +220,51 @@ fn services(path: &Path) -> BTreeMap<String, Env> {
                         .get("file")
                         .map(|f| dir.join(scalar(f, "extends.file")))
                         .unwrap_or_else(|| path.to_path_buf());
-                    services(&base_file)
+                    resolved_services(&base_file)
                         .remove(&base)
                         .unwrap_or_else(|| panic!("{what}: extends unknown service {base}"))
                 }
-                Some(Value::String(base)) => services(path)
+                Some(Value::String(base)) => resolved_services(path)
                     .remove(base)
                     .unwrap_or_else(|| panic!("{what}: extends unknown service {base}")),
                 Some(other) => panic!("{what}: bad extends {other:?}"),
             };
-            env.extend(environment(service, &what));
-            all.insert(name, env);
+            let mut own = service.clone();
+            own.remove("extends");
+            if own.contains_key("environment") {
+                let env: Mapping = environment(&own, &what)
+                    .into_iter()
+                    .map(|(k, v)| (Value::String(k), Value::String(v)))
+                    .collect();
+                own.insert(Value::from("environment"), Value::Mapping(env));
+            }
+            merge(&mut resolved, &own);
+            all.insert(name, resolved);
         }
     }
     all
+}
+
+fn merge(base: &mut Mapping, over: &Mapping) {
+    for (key, value) in over {
+        match (base.get_mut(key), value) {
+            (Some(Value::Mapping(base)), Value::Mapping(over)) => merge(base, over),
+            _ => {
+                base.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The environment of every service a compose file defines (see [`resolved_services`]).
+fn services(path: &Path) -> BTreeMap<String, Env> {
+    resolved_services(path)
+        .into_iter()
+        .map(|(name, service)| {
+            let env = environment(&service, &format!("{}: service {name}", path.display()));
+            (name, env)
+        })
+        .collect()
 }
 
 /// The problems of one compose file's services, as readable lines.
@@ -302,4 +346,86 @@ fn env_var_names_of_a_service_come_from_its_settings_struct() {
         "{orders:?}"
     );
     assert_eq!(env_var_names::<RulesCheck>(), ["PAYMENT_MAX_AMOUNT"]);
+}
+
+/// A healthcheck that runs: present, not disabled, with a test other than `NONE`.
+fn has_healthcheck(service: &Mapping) -> bool {
+    let Some(Value::Mapping(check)) = service.get("healthcheck") else {
+        return false;
+    };
+    let disabled = check.get("disable") == Some(&Value::Bool(true));
+    let test = match check.get("test") {
+        Some(Value::Sequence(words)) => words.first().is_some_and(|w| w != "NONE"),
+        Some(Value::String(command)) => !command.trim().is_empty(),
+        _ => false,
+    };
+    !disabled && test
+}
+
+/// `depends_on` as dependency -> condition, in either of compose's forms (a list means
+/// `service_started`).
+fn depends_on(service: &Mapping, what: &str) -> BTreeMap<String, String> {
+    match service.get("depends_on") {
+        None => BTreeMap::new(),
+        Some(Value::Sequence(names)) => names
+            .iter()
+            .map(|n| (scalar(n, what), "service_started".to_string()))
+            .collect(),
+        Some(Value::Mapping(deps)) => deps
+            .iter()
+            .map(|(name, dep)| {
+                let condition = match dep {
+                    Value::Mapping(dep) => dep.get("condition").map(|c| scalar(c, what)),
+                    _ => None,
+                };
+                (
+                    scalar(name, what),
+                    condition.unwrap_or_else(|| "service_started".to_string()),
+                )
+            })
+            .collect(),
+        Some(other) => panic!("{what}: depends_on is neither a list nor a mapping: {other:?}"),
+    }
+}
+
+#[test]
+fn compose_restarts_every_service_and_health_checks_every_http_port() {
+    // HTTP ports: whatever a service publishes, and the flatpack services that listen on an
+    // `*_HTTP_ADDR` (published or not).
+    let http_services: Vec<&str> = checked_services()
+        .iter()
+        .filter(|s| s.reads.iter().any(|v| v.ends_with("_HTTP_ADDR")))
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(http_services, ["orders", "dashboard"]);
+    let mut problems = Vec::new();
+    for file in ALL_COMPOSE_FILES {
+        let services = resolved_services(&repo_root().join(file));
+        for (name, service) in &services {
+            let what = format!("{file}: {name}");
+            let restart = service.get("restart").map(|r| scalar(r, &what));
+            if !restart
+                .as_deref()
+                .is_some_and(|r| RESTARTING.contains(&r.split(':').next().unwrap_or_default()))
+            {
+                problems.push(format!(
+                    "{what}: restart is {restart:?}, not one of {RESTARTING:?}"
+                ));
+            }
+            let publishes =
+                matches!(service.get("ports"), Some(Value::Sequence(p)) if !p.is_empty());
+            if (publishes || http_services.contains(&name.as_str())) && !has_healthcheck(service) {
+                problems.push(format!("{what}: has an HTTP port but no healthcheck"));
+            }
+            for (dependency, condition) in depends_on(service, &what) {
+                let checked = services.get(&dependency).is_some_and(has_healthcheck);
+                if checked && condition != "service_healthy" {
+                    problems.push(format!(
+                        "{what}: waits for {dependency} with {condition}, not service_healthy, though it has a healthcheck"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
