@@ -152,7 +152,8 @@ supervisor_pid=""
 tail_pid=""
 stop_all() {
   local status=$?
-  trap '' HUP TERM # a closed terminal sends more than one SIGHUP; a 2nd Ctrl-C still exits
+  trap '' HUP TERM # a closed terminal sends more than one SIGHUP
+  trap 'kill -KILL "$supervisor_pid" 2>/dev/null' INT # 2nd Ctrl-C: the programs die with it
   if [[ -n "$supervisor_pid" ]]; then
     # Messages may fail: after SIGHUP there is no terminal any more.
     fp_log "stopping everything (Ctrl-C again: stop at once)" || true
@@ -172,7 +173,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 : >>"$logs/supervisord.log"
-tail -n 0 -F "$logs/supervisord.log" &
+"${die_with_parent[@]}" tail -n 0 -F "$logs/supervisord.log" &
 tail_pid=$!
 setsid "${die_with_parent[@]}" "$venv/bin/supervisord" -c "$conf" </dev/null &
 supervisor_pid=$!
