@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 use common::events::AnalyticsResult;
 use common::pipeline::{
-    ExactlyOnceConfig, Fenced, Membership, Output, Transform, decode, run_exactly_once,
+    ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, decode, run_exactly_once,
 };
 use common::{KafkaSettings, OrderDecision, Topic, kafka};
 use rdkafka::Offset;
@@ -124,16 +124,18 @@ impl Transform for Count {
         Ok(())
     }
 
-    fn apply(&mut self, decision: OrderDecision, out: &mut Vec<Output>) {
+    fn apply(
+        &mut self,
+        decision: OrderDecision,
+        _from: Source<'_>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), String> {
         let result = self.totals.count(&decision);
         match serde_json::to_vec(&result) {
-            Ok(payload) => out.push(Output {
-                topic: self.output_topic.clone(),
-                key: result.day,
-                payload,
-            }),
+            Ok(payload) => out.push(Output::new(&self.output_topic, result.day, payload)),
             Err(err) => warn!(cause = %err, "result could not be serialised"),
         }
+        Ok(())
     }
 
     fn committed(&mut self) {

@@ -361,9 +361,13 @@ impl<H: Handler> Work<H> {
         };
         for output in &outputs {
             let record = || {
-                FutureRecord::to(&output.topic)
+                let record = FutureRecord::to(&output.topic)
                     .key(output.key.as_str())
-                    .payload(output.payload.as_slice())
+                    .payload(output.payload.as_slice());
+                match output.partition {
+                    Some(partition) => record.partition(partition),
+                    None => record,
+                }
             };
             if !deliver(producer, config, stop, record).await {
                 warn!(service = config.service, key = %key, "stopped before its record was acknowledged; it will be handled again");

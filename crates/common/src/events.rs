@@ -263,6 +263,24 @@ pub struct Order {
     pub schema: u32,
 }
 
+impl Order {
+    /// What the customer asked for, as a short fixed-size digest: the same for every copy
+    /// of one request (however often it is sent, whatever `time` the API gave each copy),
+    /// different when any field the customer sent differs. Hex of the first 16 bytes of the
+    /// SHA-256 of the request's fields as canonical JSON (object keys sorted).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let request = serde_json::json!({
+            "user_id": self.user_id,
+            "order_id": self.order_id,
+            "user_email": self.user_email,
+            "order_details": self.order_details,
+        });
+        let digest = Sha256::digest(request.to_string().as_bytes());
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// The payment decision on an order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -492,6 +510,23 @@ mod tests {
         assert_eq!(order.order_details.extra["item"], json!("BILLY bookcase"));
         assert_eq!(order.time, 1_700_000_000.123456);
         assert_eq!(order.schema, 0, "seed messages carry no schema version");
+    }
+
+    #[test]
+    fn fingerprint_ignores_time_and_key_order_and_sees_every_requested_field() {
+        let order: Order = serde_json::from_str(SEED_ORDER).unwrap();
+        let reordered: Order = serde_json::from_str(r#"{"time": 1800000000.0, "order_details": {"item": "BILLY bookcase", "price": 349}, "user_email": "anna@example.com", "order_id": 1001, "user_id": 7}"#).unwrap();
+        assert_eq!(order.fingerprint(), reordered.fingerprint());
+        assert_eq!(order.fingerprint().len(), 32);
+        let mut other = order.clone();
+        other.order_details.price = serde_json::from_value(json!(350)).unwrap();
+        assert_ne!(order.fingerprint(), other.fingerprint());
+        let mut other = order.clone();
+        other
+            .order_details
+            .extra
+            .insert("payment_token".into(), json!("tok_new"));
+        assert_ne!(order.fingerprint(), other.fingerprint());
     }
 
     #[test]

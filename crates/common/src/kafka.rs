@@ -5,6 +5,7 @@
 //! and reports rebalances and commits.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,8 @@ pub struct FlatpackContext {
     pub client: &'static str,
     /// One throttle per kind of warning or error, so that an outage is a few lines.
     complaints: Arc<Mutex<HashMap<String, Throttle>>>,
+    /// Rebalances seen (a consumer's): who keeps state per partition reloads it after one.
+    rebalances: Arc<AtomicU64>,
 }
 
 impl FlatpackContext {
@@ -88,7 +91,13 @@ impl FlatpackContext {
         Self {
             client,
             complaints: Arc::default(),
+            rebalances: Arc::default(),
         }
+    }
+
+    /// How many rebalances (assignments or revocations) this consumer went through.
+    pub fn rebalances(&self) -> u64 {
+        self.rebalances.load(Ordering::Acquire)
     }
 
     /// `Some(held back)` when a complaint of this kind may be logged now.
@@ -177,6 +186,7 @@ impl ConsumerContext for FlatpackContext {
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.fetch_add(1, Ordering::AcqRel);
         if let Rebalance::Assign(tpl) = rebalance {
             info!(client = self.client, partitions = %describe(tpl), "partitions assigned");
         }
@@ -353,9 +363,10 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
     let admin: AdminClient<DefaultClientContext> = base_config(settings)
         .create()
         .context("creating Kafka admin client")?;
-    // analytics_result holds the current totals as the latest record per day: compaction
-    // keeps exactly those forever, where time-based retention would lose them.
-    let compacted = settings.topics().name(Topic::AnalyticsResult);
+    // analytics_result holds the current totals as the latest record per day, a changelog
+    // the latest state per key: compaction keeps exactly those forever, where time-based
+    // retention would lose them.
+    let topics = settings.topics();
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
@@ -364,7 +375,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
             );
-            if *name == compacted {
+            if topics.is_compacted(name) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic
@@ -485,6 +496,45 @@ pub fn retry_until_ok<T>(
     }
 }
 
+/// Waits (see [`await_topics`]) for a changelog topic of `source`'s state with as many
+/// partitions as `source` has, each partition of the changelog holding the state of the
+/// same partition of `source`. `false` when `stop` came first.
+pub async fn await_changelog(
+    settings: &KafkaSettings,
+    source: &str,
+    changelog: &str,
+    stop: &CancellationToken,
+) -> bool {
+    let (reader, topic, stopping) = (settings.clone(), source.to_owned(), stop.clone());
+    let counted = tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer<FlatpackContext> = base_config(&reader)
+            .create_with_context(FlatpackContext::new("topic-metadata"))
+            .context("creating a Kafka client for topic metadata")
+            .ok()?;
+        retry_until_ok(
+            &format!("counting the partitions of {topic}"),
+            &stopping,
+            || {
+                let metadata = client.fetch_metadata(Some(&topic), ADMIN_TIMEOUT)?;
+                let count = metadata
+                    .topics()
+                    .iter()
+                    .map(|t| t.partitions().len())
+                    .sum::<usize>();
+                anyhow::ensure!(count > 0, "topic {topic} has no partitions yet");
+                Ok(i32::try_from(count)?)
+            },
+        )
+    })
+    .await;
+    let Ok(Some(partitions)) = counted else {
+        return false;
+    };
+    let mut settings = settings.clone();
+    settings.partitions = partitions;
+    await_topics(&settings, &[changelog.to_owned()], stop).await
+}
+
 /// Waits (see [`await_topics`]) for what a consuming service needs: the topic it reads,
 /// that topic's dead-letter topic, and the topic it writes. `false` when `stop` came first.
 pub async fn await_stage_topics(
@@ -508,7 +558,11 @@ pub fn broker_answers<C: ClientContext>(
 }
 
 /// Assigns every partition of `topic` to `consumer`, each at the group's committed offset
-/// (or where `auto.offset.reset` says when there is none).
+/// (or at the beginning when there is none).
+///
+/// The committed offsets are read here, and an error returned if they cannot be: assigned
+/// at `Offset::Stored` instead, a partition whose offsets librdkafka failed to fetch (the
+/// group's coordinator still loading after a broker start) was never read from at all.
 pub fn assign_all_at_committed<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -517,13 +571,15 @@ pub fn assign_all_at_committed<C: ConsumerContext>(
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
         .with_context(|| format!("reading the partitions of {topic}"))?;
-    let mut assignment = TopicPartitionList::new();
+    let mut partitions = TopicPartitionList::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        assignment.add_partition_offset(topic, partition.id(), rdkafka::Offset::Stored)?;
+        partitions.add_partition(topic, partition.id());
     }
-    if assignment.count() == 0 {
+    if partitions.count() == 0 {
         bail!("topic {topic} has no partitions");
     }
+    let assignment = committed_or_beginning(consumer, partitions, timeout)
+        .with_context(|| format!("reading the committed offsets of {topic}"))?;
     consumer
         .assign(&assignment)
         .with_context(|| format!("assigning the partitions of {topic}"))?;
@@ -541,7 +597,22 @@ pub fn rewind_to_committed<C: ConsumerContext>(
     if assignment.count() == 0 {
         return Ok(());
     }
-    let mut committed = consumer.committed_offsets(assignment, timeout)?;
+    let committed = committed_or_beginning(consumer, assignment, timeout)?;
+    consumer.seek_partitions(committed, timeout)?;
+    Ok(())
+}
+
+/// The group's committed offset of each of `partitions`, or the beginning (where a fresh
+/// group starts) for those it never committed.
+fn committed_or_beginning<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: TopicPartitionList,
+    timeout: Duration,
+) -> KafkaResult<TopicPartitionList> {
+    let mut committed = consumer.committed_offsets(partitions, timeout)?;
+    if let Some(err) = committed.elements().iter().find_map(|e| e.error().err()) {
+        return Err(err);
+    }
     let never_committed: Vec<(String, i32)> = committed
         .elements()
         .iter()
@@ -549,9 +620,7 @@ pub fn rewind_to_committed<C: ConsumerContext>(
         .map(|e| (e.topic().to_owned(), e.partition()))
         .collect();
     for (topic, partition) in never_committed {
-        // No committed offset yet: start where a fresh group would.
         committed.set_partition_offset(&topic, partition, rdkafka::Offset::Beginning)?;
     }
-    consumer.seek_partitions(committed, timeout)?;
-    Ok(())
+    Ok(committed)
 }

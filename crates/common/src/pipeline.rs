@@ -20,6 +20,7 @@
 //! ends with an error only when another instance took over its transactional id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -28,7 +29,7 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer, PurgeConfig};
+use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
@@ -57,6 +58,29 @@ pub struct Output {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
+    /// The partition, where it must be a given one (a changelog's, matching the source's);
+    /// `None`: the key decides.
+    pub partition: Option<i32>,
+}
+
+impl Output {
+    /// A record whose partition its key decides.
+    pub fn new(topic: impl Into<String>, key: impl Into<String>, payload: Vec<u8>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: key.into(),
+            payload,
+            partition: None,
+        }
+    }
+}
+
+/// Where an input came from, as it came.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub partition: i32,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
 }
 
 /// What a service does with each message of its source topic.
@@ -64,14 +88,30 @@ pub trait Transform: Send + 'static {
     /// The message type of the source topic.
     type Input: DeserializeOwned;
 
-    /// Turns one input into the records to write (none, one or several).
-    fn apply(&mut self, input: Self::Input, out: &mut Vec<Output>);
+    /// Turns one input into the records to write (none, one or several). `Err(why)` sends
+    /// the input to the source's dead-letter topic with `why` instead.
+    fn apply(
+        &mut self,
+        input: Self::Input,
+        from: Source<'_>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), String>;
 
     /// Called once the producer owns its transactional id (any former owner is fenced and
     /// its open transaction aborted), before the first message: load state kept outside.
     fn restore(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// These partitions of the source are this instance's now: load their state. Called
+    /// before any of their messages is applied; after a rebalance, or a replaced producer,
+    /// for every partition assigned then.
+    fn assigned(&mut self, _partitions: &[i32]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// These partitions are no longer this instance's: forget their state.
+    fn revoked(&mut self, _partitions: &[i32]) {}
 
     /// The transaction holding everything applied since the last commit or abort committed.
     fn committed(&mut self) {}
@@ -177,12 +217,31 @@ pub fn run_exactly_once<T: Transform>(
     info!(service = config.service, topic = %source, group = %config.group_id, "consuming exactly once");
 
     let mut batch = Vec::with_capacity(config.max_batch);
-    let mut out = Vec::new();
     let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
+    let mut owned = Owned::default();
     while !stop.is_cancelled() {
+        let generation = consumer.context().rebalances();
         collect_batch(&consumer, config, stop, &mut batch, &mut consumer_errors);
         if batch.is_empty() {
             continue;
+        }
+        if consumer.context().rebalances() != generation {
+            // The partitions were handed out again while the batch filled: what came before
+            // may come again from the committed offsets. Start the batch over from there.
+            batch.clear();
+            let rewound = retry_until_ok("rewinding to the committed offsets", stop, || {
+                kafka::rewind_to_committed(&consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
+            });
+            if rewound.is_none() {
+                break;
+            }
+            continue;
+        }
+        if owned
+            .sync(&consumer, &source, &mut transform, stop)
+            .is_none()
+        {
+            break;
         }
         let started = Instant::now();
         let result = process_batch(
@@ -192,7 +251,7 @@ pub fn run_exactly_once<T: Transform>(
             &dlq,
             &mut transform,
             &batch,
-            &mut out,
+            &owned.partitions,
         );
         let err = match result {
             Ok(()) => {
@@ -212,6 +271,7 @@ pub fn run_exactly_once<T: Transform>(
                 warn!(service = config.service, cause = %err, messages = batch.len(), "transaction failed; aborting and reading the batch again");
                 if let Err(abort_err) = abort(&producer) {
                     warn!(service = config.service, cause = %abort_err, "abort failed; replacing the producer");
+                    owned.forget(&mut transform);
                     drop(producer);
                     match start_producer(settings, config, &mut transform, stop)? {
                         Some(new) => producer = new,
@@ -221,6 +281,7 @@ pub fn run_exactly_once<T: Transform>(
             }
             Failure::Unusable(err) => {
                 warn!(service = config.service, cause = %err, messages = batch.len(), "the producer cannot go on; replacing it and reading the batch again");
+                owned.forget(&mut transform);
                 drop(producer);
                 match start_producer(settings, config, &mut transform, stop)? {
                     Some(new) => producer = new,
@@ -241,6 +302,61 @@ pub fn run_exactly_once<T: Transform>(
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// The source partitions whose state the transform holds, kept equal to the consumer's
+/// assignment.
+#[derive(Debug, Default)]
+struct Owned {
+    partitions: Vec<i32>,
+    /// The consumer's rebalance count when `partitions` was last loaded.
+    generation: Option<u64>,
+}
+
+impl Owned {
+    /// Loads the state of the partitions assigned now, after a rebalance or a replaced
+    /// producer (every assigned partition then: another instance may have owned any of
+    /// them meanwhile). `None` when `stop` came first.
+    fn sync<T: Transform>(
+        &mut self,
+        consumer: &BaseConsumer<FlatpackContext>,
+        source: &str,
+        transform: &mut T,
+        stop: &CancellationToken,
+    ) -> Option<()> {
+        let generation = consumer.context().rebalances();
+        if self.generation == Some(generation) {
+            return Some(());
+        }
+        let mut now: Vec<i32> = consumer
+            .assignment()
+            .map(|tpl| {
+                tpl.elements_for_topic(source)
+                    .iter()
+                    .map(|e| e.partition())
+                    .collect()
+            })
+            .unwrap_or_default();
+        now.sort_unstable();
+        self.forget(transform);
+        if !now.is_empty() {
+            retry_until_ok("loading the state of the assigned partitions", stop, || {
+                transform.assigned(&now)
+            })?;
+        }
+        self.partitions = now;
+        self.generation = Some(generation);
+        Some(())
+    }
+
+    /// Drops every partition's state: the next [`Owned::sync`] loads it again.
+    fn forget<T: Transform>(&mut self, transform: &mut T) {
+        if !self.partitions.is_empty() {
+            transform.revoked(&self.partitions);
+        }
+        self.partitions.clear();
+        self.generation = None;
+    }
 }
 
 /// What a failed transaction leaves behind, and so what the loop does next.
@@ -363,23 +479,41 @@ fn process_batch<T: Transform>(
     dlq: &str,
     transform: &mut T,
     batch: &[OwnedMessage],
-    out: &mut Vec<Output>,
+    owned: &[i32],
 ) -> Result<(), KafkaError> {
     producer.begin_transaction()?;
+    let mut out = Vec::new();
     let mut next_offsets: HashMap<(&str, i32), i64> = HashMap::new();
     for message in batch {
+        // Fetched before a rebalance took its partition away: the new owner reads it.
+        if !owned.contains(&message.partition()) {
+            continue;
+        }
         out.clear();
-        match decode_or_dead_letter::<T::Input>(message, dlq, config.service) {
-            Ok(input) => transform.apply(input, out),
-            Err(dead) => send(producer, dead.base_record())?,
+        let from = Source {
+            partition: message.partition(),
+            key: message.key(),
+            payload: message.payload().unwrap_or_default(),
+        };
+        let rejected = match decode_or_dead_letter::<T::Input>(message, dlq, config.service) {
+            Ok(input) => transform
+                .apply(input, from, &mut out)
+                .err()
+                .map(|why| reject(message, dlq, config.service, &why)),
+            Err(dead) => Some(dead),
+        };
+        if let Some(dead) = rejected {
+            send(producer, dead.base_record())?;
         }
         for output in out.iter() {
-            send(
-                producer,
-                BaseRecord::to(&output.topic)
-                    .key(output.key.as_str())
-                    .payload(output.payload.as_slice()),
-            )?;
+            let record = BaseRecord::to(&output.topic)
+                .key(output.key.as_str())
+                .payload(output.payload.as_slice());
+            let record = match output.partition {
+                Some(partition) => record.partition(partition),
+                None => record,
+            };
+            send(producer, record)?;
         }
         next_offsets.insert((message.topic(), message.partition()), message.offset() + 1);
     }
@@ -523,6 +657,19 @@ impl<'a> DeadLetter<'a> {
     }
 }
 
+/// A message the transform refused, logged and on its way to the dead-letter topic.
+fn reject<'a>(message: &'a OwnedMessage, dlq: &'a str, service: &str, why: &str) -> DeadLetter<'a> {
+    warn!(
+        service,
+        topic = message.topic(),
+        partition = message.partition(),
+        offset = message.offset(),
+        cause = why,
+        "message refused; sent to the dead-letter topic"
+    );
+    DeadLetter::new(message, dlq, why, service)
+}
+
 /// Decodes `message` into `T`; a message that does not decode is logged and returned as a
 /// [`DeadLetter`] for `dlq`, for the caller to write before it moves past the message.
 pub fn decode_or_dead_letter<'a, T: DeserializeOwned>(
@@ -556,23 +703,30 @@ pub fn decode_or_log<T: DeserializeOwned>(
 /// Aborts the open transaction.
 ///
 /// librdkafka's abort drops the records still queued and then waits until the delivery
-/// report of every record in flight was served; rdkafka's producer serves them only when
-/// polled, and nobody polls during the call. So the loop drops the queue and serves the
-/// reports itself first (records in flight to a broker that is away fail within the
-/// transaction timeout).
+/// report of every record in flight was served, which rdkafka's producer does only when
+/// polled; as librdkafka asks, a second thread polls while the abort runs (records in
+/// flight to a broker that is away fail within the transaction timeout).
 fn abort(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
-    producer.purge(PurgeConfig::default().queue());
-    let mut attempts = 0;
-    loop {
-        await_deliveries(producer, TXN_CALL_TIMEOUT)?;
-        match producer.abort_transaction(TXN_CALL_TIMEOUT) {
-            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {
-                attempts += 1;
-                warn!(cause = %err, attempts, "abort not finished; retrying");
+    let aborting = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while aborting.load(Ordering::Acquire) {
+                producer.poll(Duration::from_millis(10));
             }
-            other => return other,
-        }
-    }
+        });
+        let mut attempts = 0;
+        let result = loop {
+            match producer.abort_transaction(TXN_CALL_TIMEOUT) {
+                Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {
+                    attempts += 1;
+                    warn!(cause = %err, attempts, "abort not finished; retrying");
+                }
+                other => break other,
+            }
+        };
+        aborting.store(false, Ordering::Release);
+        result
+    })
 }
 
 fn error_code(err: &KafkaError) -> Option<RDKafkaErrorCode> {

@@ -66,6 +66,19 @@ impl Topics {
         format!("{}.dlq", self.name(topic))
     }
 
+    /// The compacted topic a service keeps the state `store` in, partition by partition of
+    /// its source (as Kafka Streams keeps a state store's changelog).
+    pub fn changelog(&self, store: &str) -> String {
+        format!("{}{store}-changelog", self.prefix)
+    }
+
+    /// Topics that keep the latest record per key for ever (compaction) rather than for a
+    /// time: the totals of `analytics_result` and every changelog.
+    pub fn is_compacted(&self, name: &str) -> bool {
+        name == self.name(Topic::AnalyticsResult)
+            || (name.starts_with(&self.prefix) && name.ends_with("-changelog"))
+    }
+
     /// A consumer group or transactional id under the same namespace as the topics.
     pub fn scoped(&self, name: &str) -> String {
         format!("{}{}", self.prefix, name)
@@ -98,5 +111,12 @@ mod tests {
         assert_eq!(topics.name(Topic::OrderConfirmed), "t42_order_confirmed");
         assert_eq!(topics.dlq(Topic::OrderDetails), "t42_order_details.dlq");
         assert_eq!(topics.scoped("transactions"), "t42_transactions");
+        assert_eq!(
+            topics.changelog("transactions-decided"),
+            "t42_transactions-decided-changelog"
+        );
+        assert!(topics.is_compacted("t42_transactions-decided-changelog"));
+        assert!(topics.is_compacted("t42_analytics_result"));
+        assert!(!topics.is_compacted("t42_order_details"));
     }
 }

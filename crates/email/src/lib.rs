@@ -107,13 +107,14 @@ impl SendEmail {
             kind: Some(kind),
             sent_at: sent.then(now_epoch_seconds),
         };
-        Output {
-            topic: self.output_topic.clone(),
-            key: decision.order.order_id.to_string(),
-            // Every field of a decoded decision serialises; an empty payload would only
-            // fail to decode downstream, never silently.
-            payload: serde_json::to_vec(&record).unwrap_or_default(),
-        }
+        // Every field of a decoded decision serialises; an empty payload would only fail to
+        // decode downstream, never silently.
+        let payload = serde_json::to_vec(&record).unwrap_or_default();
+        Output::new(
+            &self.output_topic,
+            decision.order.order_id.to_string(),
+            payload,
+        )
     }
 }
 

@@ -4,17 +4,29 @@
 //! (`confirmed`, or `declined` with a reason) to `order_confirmed`, keyed by `order_id`, in the
 //! same Kafka transaction as the consumer offsets. Orders that cannot be decoded go to
 //! `order_details.dlq`.
+//!
+//! One `order_id`, one decision, ever: the orders decided are kept per partition in a
+//! changelog ([`decided`]) written in the same transaction. A copy of a decided order (a
+//! client's retry, a producer's repeated write) is skipped; another order under a used
+//! `order_id` goes to `order_details.dlq` saying so. An order whose message key is not its
+//! `order_id` (the seed's producer writes none) is first written again under its `order_id`,
+//! so that every copy of one order meets in one partition.
 
+pub mod decided;
 pub mod payment;
 
 use std::future::Future;
 use std::time::Duration;
 
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
-use common::pipeline::{ExactlyOnceConfig, Membership, Output, Transform, run_exactly_once};
+use common::pipeline::{
+    ExactlyOnceConfig, Membership, Output, Source, Transform, run_exactly_once,
+};
 use common::{KafkaSettings, Topic, kafka};
 use serde::Deserialize;
-use tracing::warn;
+use tracing::{info, warn};
+
+use crate::decided::{Decided, Seen};
 
 pub use payment::{PaymentCheck, RulesCheck, Verdict};
 
@@ -78,18 +90,23 @@ impl TransactionsSettings {
     }
 }
 
-/// Turns each order into its decision.
+/// Turns each order into its decision, once per `order_id`.
 #[derive(Debug)]
 pub struct Decide<P> {
     check: P,
+    source_topic: String,
     output_topic: String,
+    decided: Decided,
 }
 
 impl<P: PaymentCheck> Decide<P> {
-    pub fn new(check: P, output_topic: String) -> Self {
+    pub fn new(check: P, kafka: &KafkaSettings) -> Self {
+        let topics = kafka.topics();
         Self {
             check,
-            output_topic,
+            source_topic: topics.name(Topic::OrderDetails),
+            output_topic: topics.name(Topic::OrderConfirmed),
+            decided: Decided::new(kafka.clone(), changelog(kafka)),
         }
     }
 
@@ -114,19 +131,74 @@ impl<P: PaymentCheck> Decide<P> {
 impl<P: PaymentCheck> Transform for Decide<P> {
     type Input = Order;
 
-    fn apply(&mut self, order: Order, out: &mut Vec<Output>) {
-        let decision = self.decide(order);
-        let key = decision.order.order_id.to_string();
-        match serde_json::to_vec(&decision) {
-            Ok(payload) => out.push(Output {
-                topic: self.output_topic.clone(),
-                key,
-                payload,
-            }),
-            // Cannot happen for a decoded order (every field serialises); logged, not hidden.
-            Err(err) => warn!(order_id = %key, cause = %err, "decision could not be serialised"),
+    fn apply(
+        &mut self,
+        order: Order,
+        from: Source<'_>,
+        out: &mut Vec<Output>,
+    ) -> Result<(), String> {
+        let order_id = order.order_id.to_string();
+        if from.key != Some(order_id.as_bytes()) {
+            info!(order_id = %order_id, partition = from.partition, "order keyed by something else; writing it again under its order_id");
+            out.push(Output::new(
+                &self.source_topic,
+                order_id,
+                from.payload.to_vec(),
+            ));
+            return Ok(());
         }
+        let fingerprint = order.fingerprint();
+        match self.decided.check(from.partition, &order_id, &fingerprint) {
+            Seen::Same => {
+                info!(order_id = %order_id, "decided before; skipping this copy");
+                return Ok(());
+            }
+            Seen::Different => {
+                return Err(format!(
+                    "order_id {order_id} was already used for a different order; a new order needs a new order_id"
+                ));
+            }
+            Seen::New => {}
+        }
+        let decision = self.decide(order);
+        match serde_json::to_vec(&decision) {
+            Ok(payload) => {
+                out.push(Output::new(&self.output_topic, order_id.clone(), payload));
+                out.push(self.decided.record(
+                    from.partition,
+                    order_id,
+                    fingerprint,
+                    decision.status,
+                ));
+            }
+            // Cannot happen for a decoded order (every field serialises); logged, not hidden.
+            Err(err) => {
+                warn!(order_id = %order_id, cause = %err, "decision could not be serialised")
+            }
+        }
+        Ok(())
     }
+
+    fn assigned(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        self.decided.load(partitions)
+    }
+
+    fn revoked(&mut self, partitions: &[i32]) {
+        self.decided.forget(partitions);
+    }
+
+    fn committed(&mut self) {
+        self.decided.committed();
+    }
+
+    fn aborted(&mut self) {
+        self.decided.aborted();
+    }
+}
+
+/// The changelog of the decided orders.
+fn changelog(kafka: &KafkaSettings) -> String {
+    kafka.topics().changelog("transactions-decided")
 }
 
 /// Decides orders exactly once until `shutdown` completes; then finishes the open batch,
@@ -149,6 +221,10 @@ pub async fn run<P: PaymentCheck>(
     {
         return Ok(());
     }
+    let source = topics.name(Topic::OrderDetails);
+    if !kafka::await_changelog(&kafka_settings, &source, &changelog(&kafka_settings), &stop).await {
+        return Ok(());
+    }
     let config = ExactlyOnceConfig {
         service: "transactions",
         source: Topic::OrderDetails,
@@ -159,7 +235,7 @@ pub async fn run<P: PaymentCheck>(
         max_batch_wait: Duration::from_millis(settings.batch_wait_ms),
         transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
     };
-    let transform = Decide::new(check, topics.name(Topic::OrderConfirmed));
+    let transform = Decide::new(check, &kafka_settings);
     common::shutdown::run_blocking_until(stop.cancelled_owned(), move |stop| {
         run_exactly_once(&kafka_settings, &config, transform, &stop)
     })
