@@ -318,7 +318,7 @@ async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
         error["error"]
             .as_str()
             .unwrap()
-            .contains("could not be stored"),
+            .contains("could not be confirmed"),
         "{error}"
     );
     assert!(waited < Duration::from_secs(4), "answered after {waited:?}");

@@ -46,7 +46,7 @@ pub enum ApiError {
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
     #[error(
-        "the order could not be stored: the message broker did not acknowledge it in time; nothing was accepted, try again"
+        "the order could not be confirmed: the message broker did not acknowledge it in time; send the same order again (the same order_id is never decided twice)"
     )]
     Unavailable,
 }
