@@ -44,6 +44,8 @@ mailpit_http_port=${MAILPIT_HTTP_PORT:-8025}
 export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$kafka_port" SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}
 export DASHBOARD_HTTP_ADDR=${DASHBOARD_HTTP_ADDR:-127.0.0.1:8000}
+# Stable instance ids: a restarted service takes its partitions back at once.
+export EMAIL_INSTANCE_ID=${EMAIL_INSTANCE_ID:-email-1}
 
 if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
   fp_die "flatpack already runs from $state (supervisord pid $pid); control it with $ctl"

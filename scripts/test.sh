@@ -65,7 +65,9 @@ echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   step "starting Mailpit"
   started_mailpit=1
-  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)
+  # --max 0: keep every message (Mailpit keeps the newest 500 by default), since tests
+  # count the e-mails of thousands of orders.
+  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$ -- --max 0)
   fp_export_lines "$out"
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
