@@ -20,6 +20,7 @@ struct Node {
 pub struct Brokers {
     root: PathBuf,
     nodes: Vec<Node>,
+    voters: String,
 }
 
 fn script() -> PathBuf {
@@ -55,10 +56,17 @@ impl Brokers {
     /// Starts `count` brokers (1, or 3 as one cluster) and waits until each serves. Topics
     /// created on three get three replicas and need two in sync (see `kafka.sh`).
     pub fn start(count: usize) -> Self {
+        let brokers = Self::new(count);
+        brokers.start_all();
+        brokers
+    }
+
+    /// `count` brokers (1, or 3 as one cluster) with their ports and data dirs chosen, none
+    /// started yet.
+    pub fn new(count: usize) -> Self {
         assert!(count == 1 || count == 3, "one broker or three");
         let root =
             std::env::temp_dir().join(format!("flatpack-faults-{:08x}", rand::random::<u32>()));
-        let owner = std::process::id().to_string();
         let ports = free_ports(2 * count);
         let (client_ports, controller_ports) = ports.split_at(count);
         let nodes: Vec<Node> = (0..count)
@@ -74,8 +82,19 @@ impl Brokers {
             .map(|(node, port)| format!("{}@127.0.0.1:{port}", node.id))
             .collect::<Vec<_>>()
             .join(",");
+        Self {
+            root,
+            nodes,
+            voters,
+        }
+    }
+
+    /// Formats and starts every broker, and waits until all serve with every partition in
+    /// sync.
+    pub fn start_all(&self) {
+        let owner = std::process::id().to_string();
         let cluster_id = kafka_sh(&["cluster-id"]).trim().to_owned();
-        for node in &nodes {
+        for node in &self.nodes {
             let (id, port) = (node.id.to_string(), node.port.to_string());
             let dir = node.dir.to_str().expect("UTF-8 path");
             kafka_sh(&[
@@ -86,7 +105,7 @@ impl Brokers {
                 "--port",
                 &port,
                 "--voters",
-                &voters,
+                &self.voters,
                 "--cluster-id",
                 &cluster_id,
                 "--data-dir",
@@ -95,12 +114,10 @@ impl Brokers {
                 &owner,
             ]);
         }
-        let brokers = Self { root, nodes };
-        for node in &brokers.nodes {
+        for node in &self.nodes {
             kafka_sh(&["wait", "--data-dir", node.dir.to_str().expect("UTF-8 path")]);
         }
-        brokers.await_in_sync(Duration::from_secs(120));
-        brokers
+        self.await_in_sync(Duration::from_secs(120));
     }
 
     pub fn bootstrap_servers(&self) -> String {

@@ -46,6 +46,13 @@ impl Pipeline {
     /// Starts orders, transactions, email and analytics against `env`'s brokers and
     /// `mailpit`, and waits until the API is ready.
     pub async fn start(env: &TestEnv, mailpit: &Mailpit) -> Self {
+        let pipeline = Self::launch(env, mailpit);
+        pipeline.await_ready(Duration::from_secs(90)).await;
+        pipeline
+    }
+
+    /// Starts the services without waiting for anything.
+    pub fn launch(env: &TestEnv, mailpit: &Mailpit) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -76,16 +83,15 @@ impl Pipeline {
             .into_iter()
             .map(|name| (name, ServiceProcess::start(name, &vars[name])))
             .collect();
-        let pipeline = Self {
+        Self {
             url: format!("http://127.0.0.1:{port}"),
             vars,
             running,
-        };
-        pipeline.await_ready(Duration::from_secs(90)).await;
-        pipeline
+        }
     }
 
-    async fn await_ready(&self, deadline: Duration) {
+    /// Waits until the orders API says it is ready (the broker answers).
+    pub async fn await_ready(&self, deadline: Duration) {
         let client = reqwest::Client::new();
         let until = Instant::now() + deadline;
         loop {
@@ -129,8 +135,10 @@ impl Pipeline {
 pub struct Answer {
     pub order_id: u64,
     pub body: Value,
-    /// The HTTP status; 0 when no answer came at all.
+    /// The HTTP status of the last attempt; 0 when no answer came at all.
     pub status: u16,
+    /// The status of the first attempt, before the client sent a refused order again.
+    pub first_status: u16,
     pub sent_ms: i64,
     pub answered_ms: i64,
 }
@@ -183,6 +191,7 @@ impl Stream {
                         order_id: id,
                         body,
                         status,
+                        first_status: status,
                         sent_ms,
                         answered_ms: now_ms(),
                     }
@@ -202,6 +211,32 @@ impl Stream {
         self.stop.cancel();
         self.task.await.expect("the stream panicked")
     }
+}
+
+/// Sends every order answered 503 once more, as the API's `Retry-After` invites a client
+/// to: the same body, so the same `order_id`. Returns how many were sent again.
+pub async fn send_refused_again(url: &str, answers: &mut [Answer]) -> usize {
+    use futures::StreamExt;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client");
+    let url = format!("{url}/order");
+    let refused: Vec<&mut Answer> = answers.iter_mut().filter(|a| a.status == 503).collect();
+    let count = refused.len();
+    futures::stream::iter(refused)
+        .for_each_concurrent(16, |answer| {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                answer.status = match client.post(&url).json(&answer.body).send().await {
+                    Ok(response) => response.status().as_u16(),
+                    Err(_) => 0,
+                };
+                answer.answered_ms = now_ms();
+            }
+        })
+        .await;
+    count
 }
 
 /// What the pipeline wrote for the stream, read back.
@@ -301,7 +336,8 @@ fn assert_one_each(what: &str, records: &[Record], accepted: &BTreeSet<u64>) {
 
 /// Asserts the stream's outcome exactly: every status is 200 or 503; every order answered
 /// 200 has one decision, one `order_email_sent`, one e-mail (one `Message-ID`) and is counted
-/// once, with exact totals; no order answered 503 has any of these.
+/// once, with exact totals; no order answered 503 has any of these. (An order refused and
+/// then sent again counts by its last answer.)
 pub async fn assert_exactly_once(env: &TestEnv, mailpit: &Mailpit, answers: &[Answer]) -> Outputs {
     let other: Vec<(u64, u16)> = answers
         .iter()

@@ -98,23 +98,35 @@ impl Mailpit {
 
     /// The messages matching Mailpit's search `query` (e.g. `to:t1234_`), newest first.
     pub async fn search(&self, query: &str) -> Vec<MailSummary> {
-        let response = self
-            .client
-            .get(format!("{}/api/v1/search", self.http))
-            .query(&[("query", query), ("limit", "50000")])
-            .send()
-            .await
-            .expect("Mailpit search");
-        assert!(
-            response.status().is_success(),
-            "Mailpit search: {}",
-            response.status()
-        );
-        response
-            .json::<SearchResult>()
-            .await
-            .expect("Mailpit search result")
-            .messages
+        // Mailpit answers a page of at most a few hundred messages however many are asked.
+        const PAGE: usize = 500;
+        let mut found = Vec::new();
+        loop {
+            let start = found.len().to_string();
+            let limit = PAGE.to_string();
+            let response = self
+                .client
+                .get(format!("{}/api/v1/search", self.http))
+                .query(&[("query", query), ("start", &start), ("limit", &limit)])
+                .send()
+                .await
+                .expect("Mailpit search");
+            assert!(
+                response.status().is_success(),
+                "Mailpit search: {}",
+                response.status()
+            );
+            let page = response
+                .json::<SearchResult>()
+                .await
+                .expect("Mailpit search result")
+                .messages;
+            let last = page.len() < PAGE;
+            found.extend(page);
+            if last {
+                return found;
+            }
+        }
     }
 
     /// One message with its plain-text and HTML bodies.
