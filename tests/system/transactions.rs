@@ -272,3 +272,82 @@ async fn sigterm_commits_the_open_batch_and_exits_zero() {
     api.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// Writes `order` to `order_details` without a key, as the seed's kafka-python producer does.
+async fn produce_unkeyed(env: &TestEnv, order: &Value) {
+    use rdkafka::producer::FutureRecord;
+    env.producer()
+        .send(
+            FutureRecord::<(), _>::to(&env.topic(Topic::OrderDetails))
+                .payload(order.to_string().as_bytes()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(err, _)| err)
+        .expect("producing an unkeyed order");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_is_decided_once_however_often_it_comes_and_a_used_order_id_is_refused() {
+    let env = test_env!();
+    let source = env.topic(Topic::OrderDetails);
+    create_topics(&env).await;
+    let order = |id: u64, price: u64, time: f64| {
+        json!({"user_id": 7, "order_id": id, "user_email": "anna@example.com",
+            "order_details": {"price": price, "item": "BILLY bookcase"}, "time": time})
+    };
+    // The original; a client's retry (the API gives each copy its own time); the seed's
+    // producer writing the same order without a key; another order under the same id.
+    env.produce(
+        &source,
+        "1001",
+        order(1001, 349, 1.0).to_string().as_bytes(),
+    )
+    .await;
+    env.produce(
+        &source,
+        "1001",
+        order(1001, 349, 2.0).to_string().as_bytes(),
+    )
+    .await;
+    produce_unkeyed(&env, &order(1001, 349, 3.0)).await;
+    env.produce(
+        &source,
+        "1001",
+        order(1001, 350, 4.0).to_string().as_bytes(),
+    )
+    .await;
+    produce_unkeyed(&env, &order(1002, 120, 5.0)).await;
+
+    let service = spawn_transactions(&env, "a");
+    let mut dead = env.reader(&env.dlq(Topic::OrderDetails));
+    let dead = dead.read_at_least(1, Duration::from_secs(60)).to_vec();
+    assert_eq!(dead.len(), 1, "only the other order under 1001 is refused");
+    assert_eq!(dead[0].json()["order_details"]["price"], json!(350));
+    assert_eq!(
+        dead[0].headers["dlq.error"],
+        "order_id 1001 was already used for a different order; a new order needs a new order_id"
+    );
+    let mut reader = env.reader(&env.topic(Topic::OrderConfirmed));
+    let records = reader.read_at_least(2, Duration::from_secs(60)).to_vec();
+    assert_exactly_one_each(&records, 1001..=1002);
+    assert_eq!(decisions_by_order(&records)["1001"][0]["time"], json!(1.0));
+
+    // A restarted instance knows what was decided (from the changelog), not only this one.
+    service.stop().await.unwrap();
+    let service = spawn_transactions(&env, "b");
+    env.produce(
+        &source,
+        "1001",
+        order(1001, 349, 6.0).to_string().as_bytes(),
+    )
+    .await;
+    env.produce(&source, "1003", order(1003, 99, 7.0).to_string().as_bytes())
+        .await;
+    let mut reader = env.reader(&env.topic(Topic::OrderConfirmed));
+    let records = reader.read_at_least(3, Duration::from_secs(60)).to_vec();
+    assert_exactly_one_each(&records, 1001..=1003);
+
+    service.stop().await.unwrap();
+    env.cleanup().await;
+}
