@@ -51,6 +51,15 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .expect("blocking step panicked")
 }
 
+/// Does `work` to the brokers on a blocking thread (kafka.sh waits), and hands them back.
+async fn on(brokers: Brokers, work: impl FnOnce(&Brokers) + Send + 'static) -> Brokers {
+    blocking(move || {
+        work(&brokers);
+        brokers
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_single_broker_killed_mid_stream_and_restarted_loses_and_repeats_nothing() {
     let _alone = crate::ONE_AT_A_TIME.lock().await;
@@ -61,9 +70,8 @@ async fn the_single_broker_killed_mid_stream_and_restarted_loses_and_repeats_not
     let mut pipeline = Pipeline::launch(&env, &mailpit);
     tokio::time::sleep(BROKER_LATE).await;
     pipeline.assert_all_running();
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         brokers.start_all();
-        brokers
     })
     .await;
     pipeline.await_ready(Duration::from_secs(90)).await;
@@ -72,16 +80,14 @@ async fn the_single_broker_killed_mid_stream_and_restarted_loses_and_repeats_not
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let killed_ms = now_ms();
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         brokers.kill(1);
-        brokers
     })
     .await;
     report("broker SIGKILLed; down for 12 s");
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         brokers.restart(1);
-        brokers
     })
     .await;
     let returned_ms = now_ms();
@@ -198,19 +204,17 @@ async fn a_three_broker_cluster_rides_out_a_lost_leader_and_coordinator_and_a_ro
 
     tokio::time::sleep(Duration::from_secs(5)).await;
     let killed_ms = now_ms();
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         brokers.kill(victim);
-        brokers
     })
     .await;
     report(&format!(
         "broker {victim} (leader of order_details[0], transaction coordinator of transactions) SIGKILLed"
     ));
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         brokers.restart(victim);
         brokers.await_in_sync(Duration::from_secs(180));
-        brokers
     })
     .await;
     let returned_ms = now_ms();
@@ -220,14 +224,13 @@ async fn a_three_broker_cluster_rides_out_a_lost_leader_and_coordinator_and_a_ro
     ));
 
     let rolling_from = now_ms();
-    let brokers = blocking(move || {
+    let brokers = on(brokers, move |brokers| {
         for id in brokers.ids() {
             brokers.stop(id);
             brokers.restart(id);
             brokers.await_in_sync(Duration::from_secs(180));
             std::thread::sleep(SETTLE);
         }
-        brokers
     })
     .await;
     let rolling_until = now_ms();
