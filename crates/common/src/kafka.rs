@@ -624,3 +624,20 @@ fn committed_or_beginning<C: ConsumerContext>(
     }
     Ok(committed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttle_lets_the_first_line_through_then_one_per_interval_counting_the_rest() {
+        let start = Instant::now();
+        let mut throttle = Throttle::new(Duration::from_secs(10));
+        assert_eq!(throttle.admit_at(start), Some(0));
+        assert_eq!(throttle.admit_at(start + Duration::from_secs(1)), None);
+        assert_eq!(throttle.admit_at(start + Duration::from_secs(9)), None);
+        assert_eq!(throttle.admit_at(start + Duration::from_secs(10)), Some(2));
+        assert_eq!(throttle.admit_at(start + Duration::from_secs(11)), None);
+        assert_eq!(throttle.admit_at(start + Duration::from_secs(25)), Some(1));
+    }
+}

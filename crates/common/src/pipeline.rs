@@ -20,13 +20,15 @@
 //! ends with an error only when another instance took over its transactional id.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureRecord, Producer};
@@ -409,13 +411,13 @@ fn start_producer<T: Transform>(
     config: &ExactlyOnceConfig,
     transform: &mut T,
     stop: &CancellationToken,
-) -> anyhow::Result<Option<BaseProducer<FlatpackContext>>> {
-    let producer = kafka::transactional_producer(
+) -> anyhow::Result<Option<Arc<BaseProducer<FlatpackContext>>>> {
+    let producer = Arc::new(kafka::transactional_producer(
         settings,
         config.service,
         &config.transactional_id,
         config.transaction_timeout,
-    )?;
+    )?);
     let what = format!("initialising transactions as {}", config.transactional_id);
     let initialised = retry_until_ok(&what, stop, || {
         producer
@@ -474,7 +476,7 @@ fn collect_batch(
 
 fn process_batch<T: Transform>(
     consumer: &BaseConsumer<FlatpackContext>,
-    producer: &BaseProducer<FlatpackContext>,
+    producer: &Arc<BaseProducer<FlatpackContext>>,
     config: &ExactlyOnceConfig,
     dlq: &str,
     transform: &mut T,
@@ -525,8 +527,44 @@ fn process_batch<T: Transform>(
     let group = consumer
         .group_metadata()
         .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
-    producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL_TIMEOUT)?;
+    send_offsets(producer, offsets, group)?;
     commit(producer)
+}
+
+/// How much longer than its own timeout a transactional call may take before the loop
+/// stops waiting for it.
+const TXN_CALL_GRACE: Duration = Duration::from_secs(5);
+
+/// `send_offsets_to_transaction`, on a thread of its own so that the loop stops waiting
+/// once the call overran its timeout.
+///
+/// librdkafka 2.12 can block in this call far past its timeout when the group coordinator
+/// went away and came back (confluentinc/librdkafka#5456, #5511: seen here for five minutes
+/// during a rolling restart, until its next metadata refresh). The overrunning call keeps
+/// the producer alive on its thread and finishes on its own; the loop gets a timeout, and
+/// its abort then fails (a call is in progress), so it carries on with a new producer,
+/// which fences the stuck one.
+fn send_offsets(
+    producer: &Arc<BaseProducer<FlatpackContext>>,
+    offsets: TopicPartitionList,
+    group: ConsumerGroupMetadata,
+) -> Result<(), KafkaError> {
+    let (done, result) = mpsc::channel();
+    let producer = Arc::clone(producer);
+    std::thread::Builder::new()
+        .name("send-offsets".into())
+        .spawn(move || {
+            let _ =
+                done.send(producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL_TIMEOUT));
+        })
+        .map_err(|_| KafkaError::Flush(RDKafkaErrorCode::Fail))?;
+    match result.recv_timeout(TXN_CALL_TIMEOUT + TXN_CALL_GRACE) {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            warn!(timeout = ?TXN_CALL_TIMEOUT, "sending the offsets overran its timeout; leaving the call to finish on its own");
+            Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
+        }
+    }
 }
 
 /// Commits, retrying while librdkafka says the commit itself may be retried.
