@@ -268,6 +268,7 @@ mod tests {
                 "EMAIL_RETRY_INITIAL_MS",
                 "EMAIL_RETRY_MAX_MS",
                 "EMAIL_CONCURRENCY",
+                "EMAIL_INSTANCE_ID",
             ]
         );
     }
