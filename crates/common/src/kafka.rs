@@ -598,8 +598,13 @@ pub fn rewind_to_committed<C: ConsumerContext>(
         return Ok(());
     }
     let committed = committed_or_beginning(consumer, assignment, timeout)?;
-    consumer.seek_partitions(committed, timeout)?;
-    Ok(())
+    // Each partition's seek can fail on its own, reported only in the list returned: a
+    // partition left where it was would skip the messages of the aborted transaction.
+    let sought = consumer.seek_partitions(committed, timeout)?;
+    match sought.elements().iter().find_map(|e| e.error().err()) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
 }
 
 /// The group's committed offset of each of `partitions`, or the beginning (where a fresh

@@ -1,5 +1,8 @@
 //! Logging set-up: human-readable lines by default, JSON lines with `LOG_FORMAT=json`.
-//! The level filter comes from `RUST_LOG` (default `info`).
+//! The level filter comes from `RUST_LOG` (default `info`). Colours only on a terminal, so
+//! that log files (the supervisor's, the tests') read as plain text.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -15,7 +18,8 @@ pub fn init(service: &'static str) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal());
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {

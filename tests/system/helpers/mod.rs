@@ -385,6 +385,7 @@ impl InProcess {
 pub struct ServiceProcess {
     name: &'static str,
     child: Child,
+    log: PathBuf,
 }
 
 /// Path of a service binary: in `FLATPACK_BIN_DIR` when set (to run the tests against other
@@ -424,7 +425,7 @@ impl ServiceProcess {
             .stderr(file)
             .spawn()
             .expect("starting the service binary");
-        Self { name, child }
+        Self { name, child, log }
     }
 
     /// SIGKILL: the process gets no chance to finish anything.
@@ -466,6 +467,21 @@ impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the service said: CI keeps the test's output, not /tmp.
+        if std::thread::panicking() {
+            const TAIL: usize = 80;
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!(
+                "--- last {} lines of {} ({}) ---",
+                TAIL.min(lines.len()),
+                self.name,
+                self.log.display()
+            );
+            for line in &lines[lines.len().saturating_sub(TAIL)..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 
