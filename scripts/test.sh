@@ -51,6 +51,19 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "unused dependencies (cargo-machete per crate; workspace entries no member names)"
+machete_version=0.9.2
+machete="$(fp_cache_dir)/bin/cargo-machete"
+if ! "$machete" --version 2>/dev/null | grep -qF "$machete_version"; then
+  cargo install --locked --quiet --root "$(fp_cache_dir)" "cargo-machete@$machete_version"
+fi
+"$machete" --skip-target-dir
+unused=""
+for dep in $(sed -n '/^\[workspace.dependencies\]/,/^\[/{s/^\([A-Za-z0-9_-]*\) *=.*/\1/p}' Cargo.toml); do
+  grep -qE "^$dep\.workspace" Cargo.toml crates/*/Cargo.toml || unused="$unused $dep"
+done
+[ -z "$unused" ] || fp_die "declared in [workspace.dependencies] but used by no crate:$unused"
+
 step "container files (compose config with the real compose CLI, hadolint)"
 "$here/check-containers.sh"
 
