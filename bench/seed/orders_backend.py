@@ -1,6 +1,8 @@
 # orders_backend.py
 #
-# The seed's orders backend, as the article in ../shared/seed/000_b230d771be17b76e.txt has it.
+# The seed's orders backend, as the article "Событийно-ориентированные приложения с
+# использованием Kafka и Python" ("Event-driven applications with Kafka and Python", a
+# translation published on Habr) has it.
 # The only change: the broker address (KAFKA_SERVER_ADDRESS) and the HTTP port
 # (SEED_ORDERS_PORT) come from the environment, so that scripts/bench.sh can point it at its
 # own broker and run it beside flatpack. Everything else is the seed's code, unchanged.

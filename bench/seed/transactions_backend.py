@@ -1,8 +1,10 @@
 # transactions_backend.py
 #
-# The seed's transactions backend, as the article in ../shared/seed/000_b230d771be17b76e.txt
-# has it. The only change: the broker address (KAFKA_SERVER_ADDRESS) comes from the
-# environment. Everything else is the seed's code, unchanged.
+# The seed's transactions backend, as the article "Событийно-ориентированные приложения с
+# использованием Kafka и Python" ("Event-driven applications with Kafka and Python", a
+# translation published on Habr) has it.
+# The only change: the broker address (KAFKA_SERVER_ADDRESS) comes from the environment.
+# Everything else is the seed's code, unchanged.
 
 import json
 import os
