@@ -18,18 +18,14 @@ pub mod totals;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use common::events::AnalyticsResult;
-use common::pipeline::{
-    ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, decode, run_exactly_once,
+use common::kafka::dead_letter::decode;
+use common::kafka::exactly_once::{
+    ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, run_exactly_once,
 };
+use common::kafka::read::{self, Start};
 use common::{KafkaSettings, OrderDecision, Topic, kafka};
-use rdkafka::Offset;
-use rdkafka::TopicPartitionList;
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::types::RDKafkaErrorCode;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -156,48 +152,24 @@ pub fn read_totals(kafka_settings: &KafkaSettings, topic: &str) -> anyhow::Resul
         &kafka_settings.topics().scoped("analytics-restore"),
         Duration::from_millis(10),
     )?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .with_context(|| format!("reading the partitions of {topic}"))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-    }
-    let mut open = assignment.count();
-    consumer.assign(&assignment)?;
+    let partitions = read::assign_all(&consumer, topic, Start::Beginning, TIMEOUT)?;
     let mut totals = Totals::default();
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    while open > 0 {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "{topic} was not read to its end within 300 s"
-        );
-        match consumer.poll(Duration::from_millis(500)) {
-            Some(Ok(message)) => match decode::<AnalyticsResult>(message.payload()) {
-                Ok(result) => totals.absorb(&result),
-                Err(err) => warn!(
-                    partition = message.partition(),
-                    offset = message.offset(),
-                    cause = %err,
-                    "skipping an unreadable result while restoring"
-                ),
-            },
-            Some(Err(KafkaError::PartitionEOF(_))) => open -= 1,
-            Some(Err(err)) if is_transient(&err) => warn!(cause = %err, "restore read error"),
-            Some(Err(err)) => return Err(err).context("reading results to restore the totals"),
-            None => {}
-        }
-    }
+    read::read_to_end(
+        &consumer,
+        topic,
+        &partitions,
+        Duration::from_secs(300),
+        |message| match decode::<AnalyticsResult>(message.payload()) {
+            Ok(result) => totals.absorb(&result),
+            Err(err) => warn!(
+                partition = message.partition(),
+                offset = message.offset(),
+                cause = %err,
+                "skipping an unreadable result while restoring"
+            ),
+        },
+    )?;
     Ok(totals)
-}
-
-fn is_transient(err: &KafkaError) -> bool {
-    !matches!(
-        err.rdkafka_error_code(),
-        Some(
-            RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::TopicAuthorizationFailed
-        )
-    )
 }
 
 /// Counts decisions until `shutdown` completes; stands by while another instance counts.

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use common::KafkaSettings;
+use common::kafka::exactly_once::ExactlyOnceConfig;
+use common::kafka::read;
 use common::kafka::{self, FlatpackContext};
-use common::pipeline::ExactlyOnceConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
@@ -51,12 +52,9 @@ fn offsets(
     consumer: &BaseConsumer<FlatpackContext>,
     topic: &str,
 ) -> anyhow::Result<(i64, i64, i64)> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), CALL_TIMEOUT)
-        .with_context(|| format!("reading the partitions of {topic}"))?;
     let mut partitions = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        partitions.add_partition(topic, partition.id());
+    for partition in read::partitions_of(consumer, topic, CALL_TIMEOUT)? {
+        partitions.add_partition(topic, partition);
     }
     let committed: i64 = consumer
         .committed_offsets(partitions.clone(), CALL_TIMEOUT)

@@ -2,10 +2,8 @@
 //! client construction, the exactly-once and at-least-once consumer loops, the shutdown
 //! signal and logging.
 
-pub mod at_least_once;
 pub mod events;
 pub mod kafka;
-pub mod pipeline;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

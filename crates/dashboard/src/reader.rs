@@ -12,13 +12,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::Context;
+use common::kafka::read::{self, Start};
 use common::kafka::{self, FlatpackContext};
 use common::{KafkaSettings, Topic};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -141,23 +140,8 @@ fn assign_from_beginning(
     consumer: &BaseConsumer<FlatpackContext>,
     name: &str,
 ) -> anyhow::Result<HashSet<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(name), METADATA_TIMEOUT)
-        .with_context(|| format!("reading the partitions of {name}"))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        assignment.add_partition_offset(name, partition.id(), Offset::Beginning)?;
-    }
-    anyhow::ensure!(assignment.count() > 0, "topic {name} has no partitions yet");
-    consumer
-        .assign(&assignment)
-        .with_context(|| format!("assigning the partitions of {name}"))?;
-    info!(partitions = %kafka::describe(&assignment), "reading from the beginning");
-    Ok(assignment
-        .elements()
-        .iter()
-        .map(|e| e.partition())
-        .collect())
+    let partitions = read::assign_all(consumer, name, Start::Beginning, METADATA_TIMEOUT)?;
+    Ok(partitions.into_iter().collect())
 }
 
 fn handle(message: &BorrowedMessage<'_>, topic: Topic, shared: &Shared) {

@@ -22,11 +22,11 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::at_least_once::{AtLeastOnceConfig, Handler, run_at_least_once};
 use common::events::{
     EmailKind, EmailSent, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds,
 };
-use common::pipeline::Output;
+use common::kafka::at_least_once::{AtLeastOnceConfig, Handler, run_at_least_once};
+use common::kafka::exactly_once::Output;
 use common::{KafkaSettings, Topic, kafka};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};

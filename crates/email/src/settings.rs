@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use common::at_least_once::Backoff;
+use common::kafka::at_least_once::Backoff;
 use common::settings::{self, SettingsError, check_range};
 use lettre::message::Mailbox;
 use serde::Deserialize;

@@ -8,23 +8,21 @@
 //!   `order_details` into analytics totals;
 //! - [`email_stage`]: how fast the email service turns decided orders written straight to
 //!   `order_confirmed` into e-mails and `order_email_sent` records;
-//! - [`create_topics`]: plain topics, for the seed, which creates none (the bench broker has
+//! - [`create_topics`]: the topics, for the seed, which creates none (the bench broker has
 //!   `auto.create.topics.enable=false`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use common::at_least_once::Handler;
 use common::events::{Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
+use common::kafka::at_least_once::Handler;
+use common::kafka::read::Follower;
 use common::{KafkaSettings, Topic, kafka};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -320,31 +318,21 @@ struct Count {
     changed: Option<Instant>,
 }
 
-/// Watches `total_orders_count` on `consumer` until `stop`.
-fn watch_count(
-    consumer: &BaseConsumer<kafka::FlatpackContext>,
-    count: &Mutex<Count>,
-    stop: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<()> {
-    while !stop.load(Ordering::Relaxed) {
-        let Some(message) = consumer.poll(Duration::from_millis(20)) else {
-            continue;
-        };
-        let message = message.context("reading analytics results")?;
+impl Count {
+    /// Keeps the `total_orders_count` of an analytics result if it grew.
+    fn observe(&mut self, message: &BorrowedMessage<'_>) {
         let Ok(value) =
             serde_json::from_slice::<serde_json::Value>(message.payload().unwrap_or_default())
         else {
-            continue;
+            return;
         };
-        if let Some(n) = value["total_orders_count"].as_u64() {
-            let mut count = count.lock().unwrap_or_else(PoisonError::into_inner);
-            if count.value.is_none_or(|c| n > c) {
-                count.value = Some(n);
-                count.changed = Some(Instant::now());
-            }
+        if let Some(n) = value["total_orders_count"].as_u64()
+            && self.value.is_none_or(|c| n > c)
+        {
+            self.value = Some(n);
+            self.changed = Some(Instant::now());
         }
     }
-    Ok(())
 }
 
 /// Writes orders straight to `<prefix>order_details` and times how long the pipeline takes
@@ -366,16 +354,10 @@ pub async fn feed(
     let order_details = topics.name(Topic::OrderDetails);
     let analytics_result = topics.name(Topic::AnalyticsResult);
     let consumer = crate::follow::consumer_at_end(kafka_settings, &analytics_result)?;
-    let count = Arc::new(Mutex::new(Count::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let (count, stop) = (count.clone(), stop.clone());
-        std::thread::spawn(move || watch_count(&consumer, &count, &stop))
-    };
-    let current = || {
-        let count = count.lock().unwrap_or_else(PoisonError::into_inner);
-        (count.value, count.changed)
-    };
+    let watcher = Follower::start(consumer, &analytics_result, |message, count: &mut Count| {
+        count.observe(message)
+    });
+    let current = || watcher.with(|count| (count.value, count.changed));
     let producer = kafka::producer(kafka_settings, "loadgen-feed", DELIVERY_TIMEOUT)?;
     let run_id = format!("feed-{:08x}", rand::random::<u32>());
 
@@ -461,7 +443,7 @@ pub async fn feed(
         })
     }
     .await;
-    stop_watcher(&stop, watcher, &analytics_result)?;
+    watcher.finish()?;
     result
 }
 
@@ -514,29 +496,16 @@ struct Seen {
     last: Option<Instant>,
 }
 
-/// Collects the keys starting with `prefix` on `consumer` until `stop`.
-fn watch_keys(
-    consumer: &BaseConsumer<kafka::FlatpackContext>,
-    prefix: &str,
-    seen: &Mutex<Seen>,
-    stop: &std::sync::atomic::AtomicBool,
-) -> anyhow::Result<()> {
-    while !stop.load(Ordering::Relaxed) {
-        let Some(message) = consumer.poll(Duration::from_millis(20)) else {
-            continue;
-        };
-        let message = message.context("reading order_email_sent")?;
-        let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-            continue;
-        };
-        if key.starts_with(prefix) {
-            let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-            if seen.keys.insert(key.to_owned()) {
-                seen.last = Some(Instant::now());
-            }
+impl Seen {
+    /// Notes the key of a message if it starts with `prefix` and is new.
+    fn observe(&mut self, message: &BorrowedMessage<'_>, prefix: &str) {
+        if let Some(key) = message.key().and_then(|k| std::str::from_utf8(k).ok())
+            && key.starts_with(prefix)
+            && self.keys.insert(key.to_owned())
+        {
+            self.last = Some(Instant::now());
         }
     }
-    Ok(())
 }
 
 /// Writes decided orders straight to `<prefix>order_confirmed` and times how long the email
@@ -558,16 +527,13 @@ pub async fn email_stage(
     let order_email_sent = topics.name(Topic::OrderEmailSent);
     let consumer = crate::follow::consumer_at_end(kafka_settings, &order_email_sent)?;
     let run_id = format!("mail-{:08x}", rand::random::<u32>());
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let (seen, stop, prefix) = (seen.clone(), stop.clone(), run_id.clone());
-        std::thread::spawn(move || watch_keys(&consumer, &prefix, &seen, &stop))
-    };
-    let count = || {
-        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-        (seen.keys.len() as u64, seen.last)
-    };
+    let prefix = run_id.clone();
+    let watcher = Follower::start(
+        consumer,
+        &order_email_sent,
+        move |message, seen: &mut Seen| seen.observe(message, &prefix),
+    );
+    let count = || watcher.with(|seen| (seen.keys.len() as u64, seen.last));
     let producer = kafka::producer(kafka_settings, "loadgen-email-stage", DELIVERY_TIMEOUT)?;
     let price: Decimal = Decimal::from(349);
     let decisions = |id: &str, first: u64, n: u64| {
@@ -639,50 +605,18 @@ pub async fn email_stage(
         })
     }
     .await;
-    stop_watcher(&stop, watcher, &order_email_sent)?;
+    watcher.finish()?;
     result
 }
 
-/// Stops a topic watcher thread and passes on its error.
-fn stop_watcher(
-    stop: &std::sync::atomic::AtomicBool,
-    watcher: std::thread::JoinHandle<anyhow::Result<()>>,
-    topic: &str,
-) -> anyhow::Result<()> {
-    stop.store(true, Ordering::Relaxed);
-    watcher
-        .join()
-        .map_err(|_| anyhow::anyhow!("watcher of {topic} panicked"))?
-}
-
-/// Creates `names` (after the topic prefix) with the configured partitions and replication
-/// factor and no special settings, as the seed would find them; existing ones are left alone.
+/// Creates `names` (after the topic prefix) as the services create theirs, with the
+/// configured partitions and replication factor; existing ones are left alone.
 pub async fn create_topics(kafka_settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka::base_config(kafka_settings)
-        .create()
-        .context("creating Kafka admin client")?;
     let names: Vec<String> = names
         .iter()
         .map(|name| format!("{}{name}", kafka_settings.topic_prefix))
         .collect();
-    let new_topics: Vec<NewTopic<'_>> = names
-        .iter()
-        .map(|name| {
-            NewTopic::new(
-                name,
-                kafka_settings.partitions,
-                TopicReplication::Fixed(kafka_settings.replication_factor),
-            )
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics(&new_topics, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("creating topic {name}: {code}"),
-        }
-    }
-    Ok(())
+    kafka::ensure_topics(kafka_settings, &names).await
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use analytics::totals::Totals;
 
-use crate::follow::{Follower, Seen};
+use crate::follow::{Seen, follow};
 
 /// A downstream topic the orders are followed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -201,7 +201,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
     };
     let mut followers = Vec::new();
     for stage in &config.follow {
-        let follower = Follower::start(
+        let follower = follow(
             kafka,
             &topics.name(stage.topic()),
             *stage == Stage::AnalyticsResult,

@@ -11,14 +11,12 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use common::events::DecisionStatus;
-use common::pipeline::{Output, decode};
+use common::kafka::dead_letter::decode;
+use common::kafka::exactly_once::Output;
+use common::kafka::read::{self, Start};
 use common::{KafkaSettings, kafka};
-use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
@@ -130,53 +128,40 @@ impl Decided {
             &self.kafka.topics().scoped("transactions-restore"),
             Duration::from_millis(10),
         )?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in partitions {
-            assignment.add_partition_offset(&self.changelog, *partition, Offset::Beginning)?;
-        }
-        consumer
-            .assign(&assignment)
-            .with_context(|| format!("assigning {}", self.changelog))?;
+        read::assign_at(
+            &consumer,
+            &self.changelog,
+            partitions,
+            Start::Beginning,
+            LOAD_TIMEOUT,
+        )?;
         let mut loaded: HashMap<i32, HashMap<String, String>> =
             partitions.iter().map(|p| (*p, HashMap::new())).collect();
-        let mut open: Vec<i32> = partitions.to_vec();
-        let deadline = started + LOAD_TIMEOUT;
-        while !open.is_empty() {
-            if Instant::now() > deadline {
-                bail!(
-                    "{} was not read to its end within {LOAD_TIMEOUT:?}",
-                    self.changelog
-                );
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) => {
-                    let key = message
-                        .key()
-                        .map(|k| String::from_utf8_lossy(k).into_owned());
-                    match (key, decode::<Entry>(message.payload())) {
-                        (Some(order_id), Ok(entry)) => {
-                            loaded
-                                .entry(message.partition())
-                                .or_default()
-                                .insert(order_id, entry.fingerprint);
-                        }
-                        (_, result) => warn!(
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            cause = %result.err().map(|e| e.to_string()).unwrap_or_else(|| "no key".into()),
-                            "skipping an unreadable changelog record"
-                        ),
+        read::read_to_end(
+            &consumer,
+            &self.changelog,
+            partitions,
+            LOAD_TIMEOUT,
+            |message| {
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned());
+                match (key, decode::<Entry>(message.payload())) {
+                    (Some(order_id), Ok(entry)) => {
+                        loaded
+                            .entry(message.partition())
+                            .or_default()
+                            .insert(order_id, entry.fingerprint);
                     }
+                    (_, result) => warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        cause = %result.err().map(|e| e.to_string()).unwrap_or_else(|| "no key".into()),
+                        "skipping an unreadable changelog record"
+                    ),
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    open.retain(|p| *p != partition);
-                }
-                Some(Err(err)) => {
-                    return Err(err).with_context(|| format!("reading {}", self.changelog));
-                }
-            }
-        }
+            },
+        )?;
         let orders: usize = loaded.values().map(HashMap::len).sum();
         self.partitions.extend(loaded);
         info!(changelog = %self.changelog, ?partitions, orders, elapsed = ?started.elapsed(), "decided orders loaded");

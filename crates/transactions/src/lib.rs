@@ -19,7 +19,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
-use common::pipeline::{
+use common::kafka::exactly_once::{
     ExactlyOnceConfig, Membership, Output, Source, Transform, run_exactly_once,
 };
 use common::{KafkaSettings, Topic, kafka};

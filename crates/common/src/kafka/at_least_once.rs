@@ -3,7 +3,7 @@
 //!
 //! A service supplies a [`Handler`]: the side effect for one decoded input, and the records
 //! that say it happened. The loop does the rest: poll, decode (a message that does not decode
-//! goes to the source's dead-letter topic, as in [`crate::pipeline`]), run the handler
+//! goes to the source's dead-letter topic, as in [`super::exactly_once`]), run the handler
 //! (retrying with capped exponential backoff, never skipping the input), write its records
 //! with the idempotent `acks=all` producer, and only then store and commit the input's
 //! offset. Up to [`AtLeastOnceConfig::concurrency`] inputs are handled at once (a side effect
@@ -32,14 +32,15 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::de::DeserializeOwned;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::dead_letter::{DeadLetter, decode_or_log};
+use super::exactly_once::Output;
+use super::read::{self, Start};
 use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
-use crate::pipeline::{DeadLetter, Output, decode_or_log};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
 
@@ -387,24 +388,8 @@ async fn handle_with_retry<H: Handler>(
     config: &AtLeastOnceConfig,
     stop: &CancellationToken,
 ) -> Option<Vec<Output>> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let err = match handler.handle(input).await {
-            Ok(outputs) => return Some(outputs),
-            Err(err) => err,
-        };
-        if stop.is_cancelled() {
-            return None;
-        }
-        let delay = config.retry.delay(attempt);
-        warn!(service = config.service, key = %key, attempt, retry_in = ?delay, cause = %format!("{err:#}"), "handling failed; retrying");
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
+    let what = format!("handling {key}");
+    retry(config, stop, &what, || handler.handle(input)).await
 }
 
 /// Writes a record, retrying until the broker acknowledges it; `false` when stopped first.
@@ -414,24 +399,39 @@ async fn deliver<'a>(
     stop: &CancellationToken,
     record: impl Fn() -> FutureRecord<'a, str, [u8]>,
 ) -> bool {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let err = match producer
+    let what = format!("writing to {}", record().topic);
+    let send = || async {
+        producer
             .send(record(), Timeout::After(config.delivery_timeout))
             .await
-        {
-            Ok(_) => return true,
-            Err((err, _)) => err,
+            .map_err(|(err, _)| anyhow::Error::from(err))
+    };
+    retry(config, stop, &what, send).await.is_some()
+}
+
+/// Runs `attempt` until it succeeds, waiting the configured backoff between tries and
+/// saying each time what failed; `None` when stopped first.
+async fn retry<T, F: Future<Output = anyhow::Result<T>>>(
+    config: &AtLeastOnceConfig,
+    stop: &CancellationToken,
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> Option<T> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let err = match attempt().await {
+            Ok(value) => return Some(value),
+            Err(err) => err,
         };
         if stop.is_cancelled() {
-            return false;
+            return None;
         }
-        let delay = config.retry.delay(attempt);
-        warn!(service = config.service, topic = record().topic, attempt, retry_in = ?delay, cause = %err, "write not acknowledged; retrying");
+        let delay = config.retry.delay(attempts);
+        warn!(service = config.service, attempt = attempts, retry_in = ?delay, cause = %format!("{err:#}"), "{what} failed; retrying");
         tokio::select! {
             biased;
-            () = stop.cancelled() => return false,
+            () = stop.cancelled() => return None,
             () = tokio::time::sleep(delay) => {}
         }
     }
@@ -490,48 +490,25 @@ impl HandledKeys {
             CATCH_UP_FETCH_WAIT,
         )
         .context("creating the handled-keys reader")?;
-        let metadata = consumer
-            .fetch_metadata(Some(&self.topic), CATCH_UP_TIMEOUT)
-            .with_context(|| format!("reading the partitions of {}", self.topic))?;
-        let mut assignment = TopicPartitionList::new();
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let offset = self
-                .next
-                .get(&partition.id())
-                .map_or(Offset::Beginning, |next| Offset::Offset(*next));
-            assignment.add_partition_offset(&self.topic, partition.id(), offset)?;
-        }
-        let partitions = assignment.count();
-        if partitions == 0 {
-            bail!("topic {} has no partitions", self.topic);
-        }
-        consumer.assign(&assignment)?;
-        let mut at_end = HashSet::new();
-        let until = Instant::now() + CATCH_UP_TIMEOUT;
-        while at_end.len() < partitions {
-            if Instant::now() > until {
-                bail!(
-                    "reading {} to its end took longer than {CATCH_UP_TIMEOUT:?}",
-                    self.topic
-                );
-            }
-            match consumer.poll(Duration::from_millis(100)) {
-                None => {}
-                Some(Ok(message)) => {
-                    if let Some(key) = message.key() {
-                        self.keys.insert(String::from_utf8_lossy(key).into_owned());
-                    }
-                    self.next.insert(message.partition(), message.offset() + 1);
+        let partitions = read::assign_all(
+            &consumer,
+            &self.topic,
+            Start::After(&self.next),
+            CATCH_UP_TIMEOUT,
+        )?;
+        let (keys, next) = (&mut self.keys, &mut self.next);
+        read::read_to_end(
+            &consumer,
+            &self.topic,
+            &partitions,
+            CATCH_UP_TIMEOUT,
+            |message| {
+                if let Some(key) = message.key() {
+                    keys.insert(String::from_utf8_lossy(key).into_owned());
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    at_end.insert(partition);
-                }
-                Some(Err(err)) => {
-                    warn!(service = self.service, topic = %self.topic, cause = %err, "reading handled keys");
-                }
-            }
-        }
-        Ok(())
+                next.insert(message.partition(), message.offset() + 1);
+            },
+        )
     }
 }
 

@@ -1,0 +1,271 @@
+//! Reading topics: assign every partition of a topic at an offset, read what is assigned to
+//! its end, and follow a topic on a thread of its own. Every reader outside a consumer
+//! group's own loop (state restores, the dashboard, the handled-keys reader, the standby,
+//! the load generator) reads through these.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::client::{COMPLAINT_INTERVAL, Throttle, describe};
+
+/// Where a reader starts in each partition.
+#[derive(Debug, Clone, Copy)]
+pub enum Start<'a> {
+    /// The oldest record still kept.
+    Beginning,
+    /// The end as it is now: everything written from here on is read, nothing before.
+    End,
+    /// The consumer group's committed offset, or the beginning where it has none.
+    ///
+    /// The committed offsets are read here, and an error returned if they cannot be:
+    /// assigned at `Offset::Stored` instead, a partition whose offsets librdkafka failed to
+    /// fetch (the group's coordinator still loading after a broker start) was never read
+    /// from at all.
+    Committed,
+    /// Where an earlier read stopped: the next offset per partition, the beginning for
+    /// partitions not in the map.
+    After(&'a HashMap<i32, i64>),
+}
+
+/// The partitions of `topic` as the broker lists them now; an error when it lists none (a
+/// topic created a moment ago may not be listed yet).
+pub fn partitions_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("reading the partitions of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions())
+        .map(|p| p.id())
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} has no partitions yet");
+    }
+    Ok(partitions)
+}
+
+/// Assigns every partition of `topic` to `consumer` at `start` (outside any group
+/// rebalance); returns the partitions.
+pub fn assign_all<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: Start<'_>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<i32>> {
+    let partitions = partitions_of(consumer, topic, timeout)?;
+    assign_at(consumer, topic, &partitions, start, timeout)?;
+    Ok(partitions)
+}
+
+/// Assigns `partitions` of `topic` to `consumer` at `start`.
+pub fn assign_at<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    start: Start<'_>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut assignment = TopicPartitionList::with_capacity(partitions.len());
+    for &partition in partitions {
+        let offset = match start {
+            Start::Beginning | Start::Committed => Offset::Beginning,
+            Start::End => {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
+                Offset::Offset(high)
+            }
+            Start::After(next) => next
+                .get(&partition)
+                .map_or(Offset::Beginning, |&next| Offset::Offset(next)),
+        };
+        assignment.add_partition_offset(topic, partition, offset)?;
+    }
+    if matches!(start, Start::Committed) {
+        assignment = committed_or_beginning(consumer, assignment, timeout)
+            .with_context(|| format!("reading the committed offsets of {topic}"))?;
+    }
+    consumer
+        .assign(&assignment)
+        .with_context(|| format!("assigning the partitions of {topic}"))?;
+    info!(partitions = %describe(&assignment), "partitions assigned");
+    Ok(())
+}
+
+/// Polls `consumer` (one made by [`super::reader_to_end`], which reports the end of each
+/// partition) until each of `partitions` reported its end, handing every message to `each`.
+///
+/// A broker that is away is waited for (a line now and then says so) until `timeout`; a
+/// topic that does not exist or may not be read is an error at once.
+pub fn read_to_end<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+    timeout: Duration,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    let mut open: HashSet<i32> = partitions.iter().copied().collect();
+    let deadline = Instant::now() + timeout;
+    let mut complaints = Throttle::new(COMPLAINT_INTERVAL);
+    while !open.is_empty() {
+        if Instant::now() > deadline {
+            bail!("{topic} was not read to its end within {timeout:?}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(message)) => each(&message),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                open.remove(&partition);
+            }
+            Some(Err(err)) if is_lasting(&err) => {
+                return Err(err).with_context(|| format!("reading {topic}"));
+            }
+            Some(Err(err)) => {
+                if let Some(held_back) = complaints.admit() {
+                    warn!(topic, cause = %err, held_back, "reading to the end: waiting for the broker");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Errors that waiting does not cure.
+fn is_lasting(err: &KafkaError) -> bool {
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::UnknownTopic
+                | RDKafkaErrorCode::TopicAuthorizationFailed
+        )
+    )
+}
+
+/// A reader of a topic on a thread of its own, folding every message into a state `S` that
+/// can be looked at meanwhile, until [`Follower::finish`].
+#[derive(Debug)]
+pub struct Follower<S> {
+    topic: String,
+    state: Arc<Mutex<S>>,
+    stop: CancellationToken,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl<S: Default + Send + 'static> Follower<S> {
+    /// Reads what is assigned to `consumer` (see [`assign_all`]) into `each`; a read error
+    /// ends the reading, and [`Follower::finish`] returns it.
+    pub fn start<C: ConsumerContext + 'static>(
+        consumer: BaseConsumer<C>,
+        topic: &str,
+        mut each: impl FnMut(&BorrowedMessage<'_>, &mut S) + Send + 'static,
+    ) -> Self {
+        let state = Arc::new(Mutex::new(S::default()));
+        let stop = CancellationToken::new();
+        let thread = {
+            let (state, stop, topic) = (state.clone(), stop.clone(), topic.to_owned());
+            std::thread::spawn(move || {
+                while !stop.is_cancelled() {
+                    let Some(message) = consumer.poll(Duration::from_millis(20)) else {
+                        continue;
+                    };
+                    let message = message.with_context(|| format!("reading {topic}"))?;
+                    each(
+                        &message,
+                        &mut state.lock().unwrap_or_else(PoisonError::into_inner),
+                    );
+                }
+                Ok(())
+            })
+        };
+        Self {
+            topic: topic.to_owned(),
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Runs `f` on the state so far.
+    pub fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Stops reading and returns the state, or the error that ended the reading.
+    pub fn finish(mut self) -> anyhow::Result<S> {
+        self.stop.cancel();
+        if let Some(thread) = self.thread.take() {
+            thread
+                .join()
+                .map_err(|_| anyhow::anyhow!("the reader of {} panicked", self.topic))??;
+        }
+        Ok(std::mem::take(
+            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
+
+impl<S> Drop for Follower<S> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Seeks every assigned partition back to its committed offset (or the beginning when the
+/// group has none), so that the messages of an aborted transaction are read again.
+pub fn rewind_to_committed<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    timeout: Duration,
+) -> KafkaResult<()> {
+    let assignment = consumer.assignment()?;
+    if assignment.count() == 0 {
+        return Ok(());
+    }
+    let committed = committed_or_beginning(consumer, assignment, timeout)?;
+    // Each partition's seek can fail on its own, reported only in the list returned: a
+    // partition left where it was would skip the messages of the aborted transaction.
+    let sought = consumer.seek_partitions(committed, timeout)?;
+    match sought.elements().iter().find_map(|e| e.error().err()) {
+        Some(err) => Err(err),
+        None => Ok(()),
+    }
+}
+
+/// The group's committed offset of each of `partitions`, or the beginning (where a fresh
+/// group starts) for those it never committed.
+fn committed_or_beginning<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    partitions: TopicPartitionList,
+    timeout: Duration,
+) -> KafkaResult<TopicPartitionList> {
+    let mut committed = consumer.committed_offsets(partitions, timeout)?;
+    if let Some(err) = committed.elements().iter().find_map(|e| e.error().err()) {
+        return Err(err);
+    }
+    let never_committed: Vec<(String, i32)> = committed
+        .elements()
+        .iter()
+        .filter(|e| e.offset() == rdkafka::Offset::Invalid)
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    for (topic, partition) in never_committed {
+        committed.set_partition_offset(&topic, partition, rdkafka::Offset::Beginning)?;
+    }
+    Ok(committed)
+}
