@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 
 use analytics::AnalyticsSettings;
 use common::KafkaSettings;
-use common::settings::{KAFKA_CONFIG_PREFIX, env_var_names, from_vars};
+use common::Settings;
+use common::settings::{KAFKA_CONFIG_PREFIX, env_var_names};
 use dashboard::DashboardSettings;
-use email::{EmailSettings, EmailVars};
+use email::EmailSettings;
 use orders::OrdersSettings;
 use serde_yaml_ng::{Mapping, Value};
 use transactions::{RulesCheck, TransactionsSettings};
@@ -55,10 +56,9 @@ fn vars(env: &Env) -> Vec<(String, String)> {
     env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn kafka(env: &Env) -> Result<(), String> {
-    KafkaSettings::from_vars(vars(env))
-        .map(drop)
-        .map_err(|e| e.to_string())
+/// Reads and checks settings `S` from `env`, as the service does at start.
+fn load<S: Settings>(env: &Env) -> Result<(), String> {
+    S::from_vars(vars(env)).map(drop).map_err(|e| e.to_string())
 }
 
 fn checked_services() -> Vec<ServiceSettings> {
@@ -72,10 +72,8 @@ fn checked_services() -> Vec<ServiceSettings> {
             name: "orders",
             reads: with_kafka(vec![env_var_names::<OrdersSettings>()]),
             load: |env| {
-                kafka(env)?;
-                from_vars::<OrdersSettings, _>(vars(env))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                load::<KafkaSettings>(env)?;
+                load::<OrdersSettings>(env)
             },
         },
         ServiceSettings {
@@ -85,41 +83,33 @@ fn checked_services() -> Vec<ServiceSettings> {
                 env_var_names::<RulesCheck>(),
             ]),
             load: |env| {
-                kafka(env)?;
-                from_vars::<TransactionsSettings, _>(vars(env)).map_err(|e| e.to_string())?;
-                from_vars::<RulesCheck, _>(vars(env))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                load::<KafkaSettings>(env)?;
+                load::<TransactionsSettings>(env)?;
+                load::<RulesCheck>(env)
             },
         },
         ServiceSettings {
             name: "analytics",
             reads: with_kafka(vec![env_var_names::<AnalyticsSettings>()]),
             load: |env| {
-                kafka(env)?;
-                AnalyticsSettings::from_vars(vars(env))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                load::<KafkaSettings>(env)?;
+                load::<AnalyticsSettings>(env)
             },
         },
         ServiceSettings {
             name: "email",
-            reads: with_kafka(vec![env_var_names::<EmailVars>()]),
+            reads: with_kafka(vec![env_var_names::<EmailSettings>()]),
             load: |env| {
-                kafka(env)?;
-                EmailSettings::from_vars(vars(env))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                load::<KafkaSettings>(env)?;
+                load::<EmailSettings>(env)
             },
         },
         ServiceSettings {
             name: "dashboard",
             reads: with_kafka(vec![env_var_names::<DashboardSettings>()]),
             load: |env| {
-                kafka(env)?;
-                DashboardSettings::from_vars(vars(env))
-                    .map(drop)
-                    .map_err(|e| e.to_string())
+                load::<KafkaSettings>(env)?;
+                load::<DashboardSettings>(env)
             },
         },
     ]

@@ -7,8 +7,8 @@ mod browser;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::Topic;
 use common::events::{now_epoch_seconds, utc_day};
+use common::{Settings, Topic};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::{KafkaSettings, Topic};
+use common::{KafkaSettings, Settings, Topic};
 use serde_json::{Value, json};
 
 use crate::helpers::{order_body, spawn_orders};
@@ -292,7 +292,7 @@ async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
         dead_addr.to_string(),
     )])
     .unwrap();
-    let settings: orders::OrdersSettings = common::settings::from_vars(vec![(
+    let settings = <orders::OrdersSettings as common::Settings>::from_vars(vec![(
         "ORDERS_PUBLISH_TIMEOUT_MS".to_string(),
         "1500".to_string(),
     )])

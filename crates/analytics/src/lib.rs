@@ -24,7 +24,8 @@ use common::kafka::exactly_once::{
     ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, run_exactly_once,
 };
 use common::kafka::read::{self, Start};
-use common::{KafkaSettings, OrderDecision, Topic, kafka};
+use common::settings::{SettingsError, check_range, millis};
+use common::{KafkaSettings, OrderDecision, Settings, Topic, kafka};
 use rdkafka::message::Message;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -34,63 +35,53 @@ use crate::totals::Totals;
 
 /// The analytics service's own settings.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct AnalyticsSettings {
     /// `ANALYTICS_MAX_BATCH`: most decisions counted in one Kafka transaction.
-    #[serde(rename = "analytics_max_batch", default = "default_max_batch")]
+    #[serde(rename = "analytics_max_batch")]
     pub max_batch: usize,
     /// `ANALYTICS_BATCH_WAIT_MS`: how long a batch may wait to fill.
-    #[serde(rename = "analytics_batch_wait_ms", default = "default_batch_wait")]
-    pub batch_wait_ms: u64,
+    #[serde(rename = "analytics_batch_wait_ms", deserialize_with = "millis")]
+    pub batch_wait: Duration,
     /// `ANALYTICS_TXN_TIMEOUT_MS`: after this long the broker aborts the open transaction of
     /// an instance that vanished.
-    #[serde(rename = "analytics_txn_timeout_ms", default = "default_txn_timeout")]
-    pub txn_timeout_ms: u64,
+    #[serde(rename = "analytics_txn_timeout_ms", deserialize_with = "millis")]
+    pub txn_timeout: Duration,
     /// `ANALYTICS_TAKEOVER_AFTER_MS`: a standby takes over when new decisions wait this long
     /// without the active instance committing any.
-    #[serde(rename = "analytics_takeover_after_ms", default = "default_takeover")]
-    pub takeover_after_ms: u64,
+    #[serde(rename = "analytics_takeover_after_ms", deserialize_with = "millis")]
+    pub takeover_after: Duration,
 }
 
-fn default_max_batch() -> usize {
-    5_000
-}
-fn default_batch_wait() -> u64 {
-    10
-}
-fn default_txn_timeout() -> u64 {
-    10_000
-}
-fn default_takeover() -> u64 {
-    10_000
-}
-
-impl AnalyticsSettings {
-    pub fn from_env() -> Result<Self, common::settings::SettingsError> {
-        Self::from_vars(std::env::vars())
+impl Default for AnalyticsSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 5_000,
+            batch_wait: Duration::from_millis(10),
+            txn_timeout: Duration::from_secs(10),
+            takeover_after: Duration::from_secs(10),
+        }
     }
+}
 
-    pub fn from_vars(
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, common::settings::SettingsError> {
-        use common::settings::check_range;
-        let settings: Self = common::settings::from_vars(vars)?;
-        check_range("ANALYTICS_MAX_BATCH", settings.max_batch, 1..=100_000)?;
+impl Settings for AnalyticsSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        check_range("ANALYTICS_MAX_BATCH", self.max_batch, 1..=100_000)?;
         check_range(
             "ANALYTICS_BATCH_WAIT_MS",
-            settings.batch_wait_ms,
-            0..=10_000,
+            self.batch_wait,
+            Duration::ZERO..=Duration::from_secs(10),
         )?;
         check_range(
             "ANALYTICS_TXN_TIMEOUT_MS",
-            settings.txn_timeout_ms,
-            1_000..=900_000,
+            self.txn_timeout,
+            Duration::from_secs(1)..=Duration::from_secs(900),
         )?;
         check_range(
             "ANALYTICS_TAKEOVER_AFTER_MS",
-            settings.takeover_after_ms,
-            500..=3_600_000,
-        )?;
-        Ok(settings)
+            self.takeover_after,
+            Duration::from_millis(500)..=Duration::from_secs(3_600),
+        )
     }
 }
 
@@ -209,8 +200,8 @@ fn work(
         group_id: topics.scoped("analytics"),
         transactional_id: topics.scoped("analytics"),
         max_batch: settings.max_batch,
-        max_batch_wait: Duration::from_millis(settings.batch_wait_ms),
-        transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
+        max_batch_wait: settings.batch_wait,
+        transaction_timeout: settings.txn_timeout,
     };
     loop {
         let count = Count {
@@ -223,7 +214,7 @@ fn work(
             Ok(()) => return Ok(()),
             Err(err) if err.is::<Fenced>() => {
                 info!("another analytics instance is counting; standing by");
-                let takeover = Duration::from_millis(settings.takeover_after_ms);
+                let takeover = settings.takeover_after;
                 if !standby::wait_for_takeover(kafka_settings, &config, takeover, stop)? {
                     return Ok(());
                 }

@@ -2,7 +2,7 @@
 //! Ctrl-C or SIGTERM.
 
 use analytics::AnalyticsSettings;
-use common::KafkaSettings;
+use common::{KafkaSettings, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -13,5 +13,5 @@ pub use events::{
     AnalyticsResult, DecisionStatus, Email, EmailKind, EmailSent, Id, Money, Order, OrderDecision,
     OrderDetails,
 };
-pub use settings::KafkaSettings;
+pub use settings::{KafkaSettings, Settings};
 pub use topics::{Topic, Topics};

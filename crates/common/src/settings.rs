@@ -1,18 +1,26 @@
 //! Settings from the environment, shared by all services.
 //!
-//! Each service describes its settings as a `Deserialize` struct whose field names are the
-//! lower-cased names of the environment variables it reads; [`from_env`] fills it in and
-//! reports a bad value with the name of the variable and what is wrong with it.
+//! Every service describes its settings the same way: a `Deserialize` struct whose fields
+//! are renamed to the lower-cased names of the environment variables it reads, with
+//! `#[serde(default)]` and a `Default` that holds every default in one place, durations as
+//! [`Duration`]s (read from `*_MS` variables through [`millis`]), values with a syntax of
+//! their own parsed through [`parsed`], and secrets in [`Secret`], which never prints. The
+//! struct implements [`Settings`], whose [`Settings::check`] holds what the types cannot
+//! say (ranges, non-empty names); [`Settings::from_env`] reads, checks, and reports a bad
+//! value with the name of its variable and what is wrong with it.
 //!
 //! Kafka client properties that flatpack does not set itself (SASL, SSL, timeouts, ...) pass
 //! through untouched: `KAFKA_CONFIG_SECURITY_PROTOCOL=SASL_SSL` becomes librdkafka's
 //! `security.protocol=SASL_SSL`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
 
 use config::{Config, ConfigError, Environment};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use crate::topics::Topics;
 
@@ -37,9 +45,68 @@ impl SettingsError {
     }
 }
 
-/// Reads settings of type `T` from the process environment.
-pub fn from_env<T: DeserializeOwned>() -> Result<T, SettingsError> {
-    from_vars(std::env::vars())
+/// A service's settings, read from the environment variables named by its fields.
+pub trait Settings: DeserializeOwned {
+    /// Checks what the field types cannot say; an error names the variable at fault.
+    fn check(&self) -> Result<(), SettingsError> {
+        Ok(())
+    }
+
+    /// Reads and checks the settings from the given variables (a test's, a tool's).
+    fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let settings: Self = from_vars(vars)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Reads and checks the settings from the process environment.
+    fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(std::env::vars())
+    }
+}
+
+/// `#[serde(deserialize_with = "millis")]`: a duration given in whole milliseconds.
+pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
+/// `#[serde(deserialize_with = "parsed")]`: a value with a syntax of its own (a mailbox, a
+/// choice of words), parsed with its `FromStr`; its error says what is wrong.
+pub fn parsed<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.trim()
+        .parse()
+        .map_err(|err| serde::de::Error::custom(format!("{text:?} is not valid: {err}")))
+}
+
+/// A secret setting (a password): its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// Owned `(name, value)` pairs from literals: the input of [`from_vars`] in tests and tools.
@@ -50,7 +117,8 @@ pub fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Reads settings of type `T` from the given variables (the environment, or a test's map).
+/// Reads settings of type `T` from the given variables, unchecked: [`Settings::from_vars`]
+/// reads and checks.
 pub fn from_vars<T, I>(vars: I) -> Result<T, SettingsError>
 where
     T: DeserializeOwned,
@@ -144,7 +212,7 @@ pub fn check_range<T>(
     range: std::ops::RangeInclusive<T>,
 ) -> Result<(), SettingsError>
 where
-    T: PartialOrd + std::fmt::Display,
+    T: PartialOrd + fmt::Debug,
 {
     if range.contains(&value) {
         Ok(())
@@ -152,7 +220,7 @@ where
         Err(SettingsError::new(
             var,
             format!(
-                "must be between {} and {}, found {value}",
+                "must be between {:?} and {:?}, found {value:?}",
                 range.start(),
                 range.end()
             ),
@@ -162,55 +230,39 @@ where
 
 /// Where the Kafka cluster is and how flatpack's topics are laid out on it.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct KafkaSettings {
     /// `KAFKA_BOOTSTRAP_SERVERS`: comma-separated `host:port` list.
-    #[serde(rename = "kafka_bootstrap_servers", default = "default_bootstrap")]
+    #[serde(rename = "kafka_bootstrap_servers")]
     pub bootstrap_servers: String,
     /// `FLATPACK_TOPIC_PREFIX`: namespace for topic names and group ids (tests use one each).
-    #[serde(rename = "flatpack_topic_prefix", default)]
+    #[serde(rename = "flatpack_topic_prefix")]
     pub topic_prefix: String,
     /// `FLATPACK_TOPIC_PARTITIONS`: partitions of topics created at start-up.
-    #[serde(rename = "flatpack_topic_partitions", default = "default_partitions")]
+    #[serde(rename = "flatpack_topic_partitions")]
     pub partitions: i32,
     /// `FLATPACK_TOPIC_REPLICATION_FACTOR`: replication factor of topics created at start-up.
-    #[serde(
-        rename = "flatpack_topic_replication_factor",
-        default = "default_replication"
-    )]
+    #[serde(rename = "flatpack_topic_replication_factor")]
     pub replication_factor: i32,
     /// `KAFKA_CONFIG_*`: librdkafka properties passed through, e.g. for SASL/SSL.
     #[serde(skip)]
     pub client_config: BTreeMap<String, String>,
 }
 
-fn default_bootstrap() -> String {
-    "localhost:9092".into()
-}
-fn default_partitions() -> i32 {
-    6
-}
-fn default_replication() -> i32 {
-    1
-}
-
-impl KafkaSettings {
-    /// Reads and checks the Kafka settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_vars(std::env::vars())
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "localhost:9092".into(),
+            topic_prefix: String::new(),
+            partitions: 6,
+            replication_factor: 1,
+            client_config: BTreeMap::new(),
+        }
     }
+}
 
-    pub fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
-    where
-        I: IntoIterator<Item = (String, String)>,
-    {
-        let vars: Vec<(String, String)> = vars.into_iter().collect();
-        let mut settings: Self = from_vars(vars.iter().cloned())?;
-        settings.client_config = passthrough(&vars)?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    fn validate(&self) -> Result<(), SettingsError> {
+impl Settings for KafkaSettings {
+    fn check(&self) -> Result<(), SettingsError> {
         if self.bootstrap_servers.trim().is_empty() {
             return Err(SettingsError::new(
                 "KAFKA_BOOTSTRAP_SERVERS",
@@ -236,6 +288,20 @@ impl KafkaSettings {
         Ok(())
     }
 
+    /// Also collects the `KAFKA_CONFIG_*` pass-through properties.
+    fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let vars: Vec<(String, String)> = vars.into_iter().collect();
+        let mut settings: Self = from_vars(vars.iter().cloned())?;
+        settings.client_config = passthrough(&vars)?;
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+impl KafkaSettings {
     pub fn topics(&self) -> Topics {
         Topics::new(self.topic_prefix.clone())
     }
@@ -316,6 +382,61 @@ mod tests {
                 "FLATPACK_TOPIC_REPLICATION_FACTOR",
             ]
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(default)]
+    struct Example {
+        #[serde(rename = "example_wait_ms", deserialize_with = "millis")]
+        wait: Duration,
+        #[serde(rename = "example_level", deserialize_with = "parsed")]
+        level: u8,
+        #[serde(rename = "example_token")]
+        token: Option<Secret>,
+    }
+
+    impl Default for Example {
+        fn default() -> Self {
+            Self {
+                wait: Duration::from_secs(1),
+                level: 3,
+                token: None,
+            }
+        }
+    }
+
+    impl Settings for Example {
+        fn check(&self) -> Result<(), SettingsError> {
+            check_range(
+                "EXAMPLE_WAIT_MS",
+                self.wait,
+                Duration::ZERO..=Duration::from_secs(5),
+            )
+        }
+    }
+
+    #[test]
+    fn the_settings_pattern_reads_durations_parsed_values_and_secrets_and_checks_them() {
+        let example = Example::from_vars(vars(&[])).unwrap();
+        assert_eq!((example.wait, example.level), (Duration::from_secs(1), 3));
+        let example = Example::from_vars(vars(&[
+            ("EXAMPLE_WAIT_MS", "250"),
+            ("EXAMPLE_LEVEL", " 7 "),
+            ("EXAMPLE_TOKEN", "hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(example.wait, Duration::from_millis(250));
+        assert_eq!(example.level, 7);
+        assert_eq!(example.token.as_ref().map(Secret::expose), Some("hunter2"));
+        assert!(!format!("{example:?}").contains("hunter2"));
+        let err = Example::from_vars(vars(&[("EXAMPLE_WAIT_MS", "6000")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid setting EXAMPLE_WAIT_MS: must be between 0ns and 5s, found 6s"
+        );
+        let err = Example::from_vars(vars(&[("EXAMPLE_LEVEL", "high")])).unwrap_err();
+        assert_eq!(err.var, "EXAMPLE_LEVEL");
+        assert!(err.problem.contains("\"high\" is not valid"), "{err}");
     }
 
     #[test]

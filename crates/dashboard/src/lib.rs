@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use common::kafka;
-use common::settings::SettingsError;
-use common::{KafkaSettings, Topic};
+use common::settings::{SettingsError, check_range};
+use common::{KafkaSettings, Settings, Topic};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,39 +29,28 @@ pub use reader::Shared;
 
 /// The dashboard's own settings (the Kafka ones are shared: [`KafkaSettings`]).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct DashboardSettings {
     /// `DASHBOARD_HTTP_ADDR`: where the page and API listen.
-    #[serde(rename = "dashboard_http_addr", default = "default_addr")]
+    #[serde(rename = "dashboard_http_addr")]
     pub http_addr: SocketAddr,
     /// `DASHBOARD_MAX_ORDERS`: how many of the latest orders the view keeps in memory.
-    #[serde(rename = "dashboard_max_orders", default = "default_max_orders")]
+    #[serde(rename = "dashboard_max_orders")]
     pub max_orders: usize,
 }
 
-fn default_addr() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8000))
-}
-fn default_max_orders() -> usize {
-    10_000
-}
-
-impl DashboardSettings {
-    pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_vars(std::env::vars())
-    }
-
-    pub fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
-    where
-        I: IntoIterator<Item = (String, String)>,
-    {
-        let settings: Self = common::settings::from_vars(vars)?;
-        if !(1..=1_000_000).contains(&settings.max_orders) {
-            return Err(SettingsError::new(
-                "DASHBOARD_MAX_ORDERS",
-                "must be between 1 and 1000000",
-            ));
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            max_orders: 10_000,
         }
-        Ok(settings)
+    }
+}
+
+impl Settings for DashboardSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        check_range("DASHBOARD_MAX_ORDERS", self.max_orders, 1..=1_000_000)
     }
 }
 

@@ -2,7 +2,7 @@
 //! SIGTERM.
 
 use anyhow::Context;
-use common::KafkaSettings;
+use common::{KafkaSettings, Settings};
 use dashboard::DashboardSettings;
 
 #[tokio::main]

@@ -33,7 +33,7 @@ use lettre::message::{Mailbox, MultiPart};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-pub use settings::{EmailSettings, EmailVars, SmtpTls};
+pub use settings::{EmailSettings, SmtpTls};
 use smtp::{SendError, Smtp};
 
 /// How long a write to `order_email_sent` may wait for the broker's acknowledgement before
@@ -198,13 +198,13 @@ pub async fn run(
         service: "email",
         source: Topic::OrderConfirmed,
         group_id: topics.scoped("email"),
-        instance_id: settings.instance_id.clone(),
+        instance_id: settings.instance().map(str::to_owned),
         handled: Some(Topic::OrderEmailSent),
         // The pool holds EMAIL_CONCURRENCY connections; more orders in hand let the broker's
         // acknowledgements of finished e-mails overlap the next sends instead of holding a
         // connection idle.
         concurrency: settings.concurrency * IN_HAND_PER_CONNECTION,
-        retry: settings.retry,
+        retry: settings.retry(),
         delivery_timeout: DELIVERY_TIMEOUT,
     };
     info!(smtp = %format!("{}:{}", settings.smtp_host, settings.smtp_port), tls = ?settings.smtp_tls, concurrency = settings.concurrency, "e-mailing decided orders");

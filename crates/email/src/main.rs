@@ -1,7 +1,7 @@
 //! Starts the email service: reads settings, starts logging, and e-mails decided orders until
 //! Ctrl-C or SIGTERM.
 
-use common::KafkaSettings;
+use common::{KafkaSettings, Settings};
 use email::EmailSettings;
 
 #[tokio::main]

@@ -2,11 +2,13 @@
 //! e-mails come from. Read from the environment through [`common::settings`]; a bad value
 //! is reported with the name of its variable.
 
-use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
+use common::Settings;
 use common::kafka::at_least_once::Backoff;
-use common::settings::{self, SettingsError, check_range};
+use common::settings::{Secret, SettingsError, check_range, millis, parsed};
+use lettre::Address;
 use lettre::message::Mailbox;
 use serde::Deserialize;
 
@@ -21,135 +23,86 @@ pub enum SmtpTls {
     Tls,
 }
 
-/// An SMTP password: never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(pub String);
+impl FromStr for SmtpTls {
+    type Err = String;
 
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(***)")
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "none" => Ok(Self::None),
+            "starttls" => Ok(Self::StartTls),
+            "tls" => Ok(Self::Tls),
+            _ => Err("expected none, starttls or tls".into()),
+        }
     }
 }
 
 /// The email service's own settings (the Kafka ones are shared: [`common::KafkaSettings`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct EmailSettings {
     /// `SMTP_HOST` (default `localhost`).
     pub smtp_host: String,
     /// `SMTP_PORT` (default 1025, Mailpit's).
     pub smtp_port: u16,
-    /// `SMTP_USERNAME` and `SMTP_PASSWORD`: both or neither.
-    pub credentials: Option<(String, Password)>,
+    /// `SMTP_USERNAME` and `SMTP_PASSWORD`: both or neither (see [`Self::credentials`]).
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<Secret>,
     /// `SMTP_TLS`: `none` (default), `starttls` or `tls`.
+    #[serde(deserialize_with = "parsed")]
     pub smtp_tls: SmtpTls,
     /// `SMTP_TIMEOUT_MS`: how long one SMTP command may take (default 10000).
+    #[serde(rename = "smtp_timeout_ms", deserialize_with = "millis")]
     pub smtp_timeout: Duration,
     /// `EMAIL_FROM` (default `flatpack <orders@flatpack.example>`).
+    #[serde(rename = "email_from", deserialize_with = "parsed")]
     pub from: Mailbox,
     /// `EMAIL_RETRY_INITIAL_MS` (default 500) and `EMAIL_RETRY_MAX_MS` (default 30000): the
-    /// waits between attempts while the SMTP server is unreachable.
-    pub retry: Backoff,
+    /// waits between attempts while the SMTP server is unreachable (see [`Self::retry`]).
+    #[serde(rename = "email_retry_initial_ms", deserialize_with = "millis")]
+    pub retry_initial: Duration,
+    #[serde(rename = "email_retry_max_ms", deserialize_with = "millis")]
+    pub retry_max: Duration,
     /// `EMAIL_CONCURRENCY` (default 32): most e-mails in flight at once, each on its own SMTP
     /// connection.
+    #[serde(rename = "email_concurrency")]
     pub concurrency: usize,
     /// `EMAIL_INSTANCE_ID`: this instance's static membership in the consumer group, unique
     /// among running instances and the same across its restarts, so that a restarted
     /// instance takes its partitions back at once. Unset: a new member at every start, and a
     /// crashed instance's partitions wait until the group gives up on it.
+    #[serde(rename = "email_instance_id")]
     pub instance_id: Option<String>,
 }
 
-/// The variables as they come, before they are checked: one field per variable the service
-/// reads besides the Kafka ones, so [`settings::env_var_names`] lists them.
-#[derive(Debug, Deserialize)]
-pub struct EmailVars {
-    #[serde(default = "default_host")]
-    smtp_host: String,
-    #[serde(default = "default_port")]
-    smtp_port: u16,
-    #[serde(default)]
-    smtp_username: Option<String>,
-    #[serde(default)]
-    smtp_password: Option<String>,
-    #[serde(default = "default_tls")]
-    smtp_tls: String,
-    #[serde(default = "default_timeout")]
-    smtp_timeout_ms: u64,
-    #[serde(default = "default_from")]
-    email_from: String,
-    #[serde(default = "default_retry_initial")]
-    email_retry_initial_ms: u64,
-    #[serde(default = "default_retry_max")]
-    email_retry_max_ms: u64,
-    #[serde(default = "default_concurrency")]
-    email_concurrency: usize,
-    #[serde(default)]
-    email_instance_id: Option<String>,
-}
-
-fn default_host() -> String {
-    "localhost".into()
-}
-fn default_port() -> u16 {
-    1025
-}
-fn default_tls() -> String {
-    "none".into()
-}
-fn default_timeout() -> u64 {
-    10_000
-}
-fn default_from() -> String {
-    "flatpack <orders@flatpack.example>".into()
-}
-fn default_retry_initial() -> u64 {
-    500
-}
-fn default_retry_max() -> u64 {
-    30_000
-}
-fn default_concurrency() -> usize {
-    32
-}
-
-impl EmailSettings {
-    /// Reads and checks the settings from the process environment.
-    pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_vars(std::env::vars())
-    }
-
-    /// Reads and checks the settings from the given variables.
-    pub fn from_vars<I>(vars: I) -> Result<Self, SettingsError>
-    where
-        I: IntoIterator<Item = (String, String)>,
-    {
-        let vars: EmailVars = settings::from_vars(vars)?;
-        vars.validate()
+impl Default for EmailSettings {
+    fn default() -> Self {
+        Self {
+            smtp_host: "localhost".into(),
+            smtp_port: 1025,
+            smtp_username: None,
+            smtp_password: None,
+            smtp_tls: SmtpTls::None,
+            smtp_timeout: Duration::from_secs(10),
+            // A literal address, checked by the settings tests.
+            from: Mailbox::new(
+                Some("flatpack".into()),
+                Address::new_dangerous("orders", "flatpack.example"),
+            ),
+            retry_initial: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            concurrency: 32,
+            instance_id: None,
+        }
     }
 }
 
-impl EmailVars {
-    fn validate(self) -> Result<EmailSettings, SettingsError> {
-        let smtp_host = self.smtp_host.trim().to_owned();
-        if smtp_host.is_empty() || smtp_host.contains(char::is_whitespace) {
+impl Settings for EmailSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        if self.smtp_host.trim().is_empty() || self.smtp_host.trim().contains(char::is_whitespace) {
             return Err(SettingsError::new("SMTP_HOST", "must be a host name"));
         }
         check_range("SMTP_PORT", self.smtp_port, 1..=u16::MAX)?;
-        let smtp_tls = match self.smtp_tls.trim().to_ascii_lowercase().as_str() {
-            "none" => SmtpTls::None,
-            "starttls" => SmtpTls::StartTls,
-            "tls" => SmtpTls::Tls,
-            other => {
-                return Err(SettingsError::new(
-                    "SMTP_TLS",
-                    format!("expected none, starttls or tls, found {other:?}"),
-                ));
-            }
-        };
-        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
-        let credentials = match (nonempty(self.smtp_username), nonempty(self.smtp_password)) {
-            (Some(user), Some(password)) => Some((user, Password(password))),
-            (None, None) => None,
+        match (self.username(), self.password()) {
             (Some(_), None) => {
                 return Err(SettingsError::new(
                     "SMTP_PASSWORD",
@@ -162,45 +115,68 @@ impl EmailVars {
                     "must be set when SMTP_PASSWORD is",
                 ));
             }
-        };
-        check_range("SMTP_TIMEOUT_MS", self.smtp_timeout_ms, 100..=600_000)?;
-        let from: Mailbox = self.email_from.parse().map_err(|err| {
-            SettingsError::new("EMAIL_FROM", format!("is not a valid mailbox: {err}"))
-        })?;
+            _ => {}
+        }
+        check_range(
+            "SMTP_TIMEOUT_MS",
+            self.smtp_timeout,
+            Duration::from_millis(100)..=Duration::from_secs(600),
+        )?;
         check_range(
             "EMAIL_RETRY_INITIAL_MS",
-            self.email_retry_initial_ms,
-            1..=60_000,
+            self.retry_initial,
+            Duration::from_millis(1)..=Duration::from_secs(60),
         )?;
         check_range(
             "EMAIL_RETRY_MAX_MS",
-            self.email_retry_max_ms,
-            self.email_retry_initial_ms..=3_600_000,
+            self.retry_max,
+            self.retry_initial..=Duration::from_secs(3_600),
         )?;
-        check_range("EMAIL_CONCURRENCY", self.email_concurrency, 1..=256)?;
-        let instance_id = match self.email_instance_id.map(|id| id.trim().to_owned()) {
-            Some(id) if id.is_empty() || id.contains(char::is_whitespace) => {
-                return Err(SettingsError::new(
-                    "EMAIL_INSTANCE_ID",
-                    "must be a name without spaces, or unset",
-                ));
-            }
-            id => id,
-        };
-        Ok(EmailSettings {
-            smtp_host,
-            smtp_port: self.smtp_port,
-            credentials,
-            smtp_tls,
-            smtp_timeout: Duration::from_millis(self.smtp_timeout_ms),
-            from,
-            retry: Backoff {
-                initial: Duration::from_millis(self.email_retry_initial_ms),
-                max: Duration::from_millis(self.email_retry_max_ms),
-            },
-            concurrency: self.email_concurrency,
-            instance_id,
-        })
+        check_range("EMAIL_CONCURRENCY", self.concurrency, 1..=256)?;
+        if let Some(id) = &self.instance_id
+            && (id.trim().is_empty() || id.trim().contains(char::is_whitespace))
+        {
+            return Err(SettingsError::new(
+                "EMAIL_INSTANCE_ID",
+                "must be a name without spaces, or unset",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl EmailSettings {
+    /// The SMTP server's host name, without surrounding blanks.
+    pub fn host(&self) -> &str {
+        self.smtp_host.trim()
+    }
+
+    /// User name and password for the SMTP server, when set.
+    pub fn credentials(&self) -> Option<(&str, &Secret)> {
+        self.username().zip(self.password())
+    }
+
+    /// The instance id, without surrounding blanks, when set.
+    pub fn instance(&self) -> Option<&str> {
+        self.instance_id.as_deref().map(str::trim)
+    }
+
+    /// The waits between attempts while the SMTP server is unreachable.
+    pub fn retry(&self) -> Backoff {
+        Backoff {
+            initial: self.retry_initial,
+            max: self.retry_max,
+        }
+    }
+
+    fn username(&self) -> Option<&str> {
+        self.smtp_username.as_deref().filter(|s| !s.is_empty())
+    }
+
+    fn password(&self) -> Option<&Secret> {
+        self.smtp_password
+            .as_ref()
+            .filter(|s| !s.expose().is_empty())
     }
 }
 
@@ -215,12 +191,12 @@ mod tests {
         assert_eq!(settings.smtp_host, "localhost");
         assert_eq!(settings.smtp_port, 1025);
         assert_eq!(settings.smtp_tls, SmtpTls::None);
-        assert_eq!(settings.credentials, None);
+        assert_eq!(settings.credentials(), None);
         assert_eq!(
-            settings.from.to_string(),
-            "flatpack <orders@flatpack.example>"
+            settings.from,
+            "flatpack <orders@flatpack.example>".parse().unwrap()
         );
-        assert_eq!(settings.retry.max, Duration::from_secs(30));
+        assert_eq!(settings.retry().max, Duration::from_secs(30));
         assert_eq!(settings.concurrency, 32);
     }
 
@@ -241,11 +217,11 @@ mod tests {
         assert_eq!(settings.smtp_port, 587);
         assert_eq!(settings.smtp_tls, SmtpTls::StartTls);
         assert_eq!(
-            settings.credentials,
-            Some(("orders".into(), Password("s3cret".into())))
+            settings.credentials(),
+            Some(("orders", &Secret::new("s3cret")))
         );
         assert_eq!(settings.from.email.to_string(), "shop@example.com");
-        assert_eq!(settings.retry.max, Duration::from_secs(2));
+        assert_eq!(settings.retry().max, Duration::from_secs(2));
         assert_eq!(settings.concurrency, 4);
         assert!(
             !format!("{settings:?}").contains("s3cret"),
@@ -256,7 +232,7 @@ mod tests {
     #[test]
     fn env_var_names_list_every_variable_read() {
         assert_eq!(
-            settings::env_var_names::<EmailVars>(),
+            common::settings::env_var_names::<EmailSettings>(),
             [
                 "SMTP_HOST",
                 "SMTP_PORT",

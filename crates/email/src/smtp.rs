@@ -58,11 +58,10 @@ enum Inner {
 impl Smtp {
     /// Sets up the connections' pool; connections are opened by the first sends.
     pub fn new(settings: &EmailSettings) -> anyhow::Result<Self> {
-        let host = settings.smtp_host.as_str();
+        let host = settings.host();
         let credentials = settings
-            .credentials
-            .as_ref()
-            .map(|(user, password)| Credentials::new(user.clone(), password.0.clone()));
+            .credentials()
+            .map(|(user, password)| Credentials::new(user.into(), password.expose().into()));
         let starttls = match settings.smtp_tls {
             SmtpTls::Tls => {
                 let mut builder = AsyncSmtpTransport::<Tokio1Executor>::relay(host)

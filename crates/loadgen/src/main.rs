@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use common::KafkaSettings;
+use common::{KafkaSettings, Settings};
 use loadgen::{Config, Stage, bench};
 use rust_decimal::Decimal;
 

@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::kafka::{self, FlatpackContext};
-use common::{KafkaSettings, Topic};
+use common::settings::{SettingsError, check_range, millis};
+use common::{KafkaSettings, Settings, Topic};
 use rdkafka::producer::{FutureProducer, Producer};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -24,55 +25,42 @@ pub use api::router;
 
 /// The orders service's own settings (the Kafka ones are shared: [`KafkaSettings`]).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct OrdersSettings {
     /// `ORDERS_HTTP_ADDR`: where the API listens (the seed's port, 5002, by default).
-    #[serde(rename = "orders_http_addr", default = "default_addr")]
+    #[serde(rename = "orders_http_addr")]
     pub http_addr: SocketAddr,
     /// `ORDERS_PUBLISH_TIMEOUT_MS`: how long a request waits for the broker's acknowledgement
     /// before it is answered `503`.
-    #[serde(
-        rename = "orders_publish_timeout_ms",
-        default = "default_publish_timeout"
-    )]
-    pub publish_timeout_ms: u64,
+    #[serde(rename = "orders_publish_timeout_ms", deserialize_with = "millis")]
+    pub publish_timeout: Duration,
     /// `ORDERS_MAX_BODY_BYTES`: largest accepted request body.
-    #[serde(rename = "orders_max_body_bytes", default = "default_max_body")]
+    #[serde(rename = "orders_max_body_bytes")]
     pub max_body_bytes: usize,
 }
 
-fn default_addr() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 5002))
-}
-fn default_publish_timeout() -> u64 {
-    10_000
-}
-fn default_max_body() -> usize {
-    16 * 1024
-}
-
-impl OrdersSettings {
-    pub fn from_env() -> Result<Self, common::settings::SettingsError> {
-        let settings: Self = common::settings::from_env()?;
-        settings.validate()
+impl Default for OrdersSettings {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 5002)),
+            publish_timeout: Duration::from_secs(10),
+            max_body_bytes: 16 * 1024,
+        }
     }
+}
 
-    fn validate(self) -> Result<Self, common::settings::SettingsError> {
-        use common::settings::check_range;
+impl Settings for OrdersSettings {
+    fn check(&self) -> Result<(), SettingsError> {
         check_range(
             "ORDERS_PUBLISH_TIMEOUT_MS",
-            self.publish_timeout_ms,
-            100..=120_000,
+            self.publish_timeout,
+            Duration::from_millis(100)..=Duration::from_secs(120),
         )?;
         check_range(
             "ORDERS_MAX_BODY_BYTES",
             self.max_body_bytes,
             256..=16 * 1024 * 1024,
-        )?;
-        Ok(self)
-    }
-
-    pub fn publish_timeout(&self) -> Duration {
-        Duration::from_millis(self.publish_timeout_ms)
+        )
     }
 }
 
@@ -97,9 +85,9 @@ impl AppState {
     /// Builds the producer. Does not contact the broker: a request does.
     pub fn new(kafka_settings: &KafkaSettings, settings: &OrdersSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            producer: kafka::producer(kafka_settings, "orders", settings.publish_timeout())?,
+            producer: kafka::producer(kafka_settings, "orders", settings.publish_timeout)?,
             topic: kafka_settings.topics().name(Topic::OrderDetails).into(),
-            publish_timeout: settings.publish_timeout(),
+            publish_timeout: settings.publish_timeout,
             max_body_bytes: settings.max_body_bytes,
         })
     }

@@ -174,7 +174,7 @@ mod tests {
     use super::*;
 
     fn decided() -> Decided {
-        let kafka = KafkaSettings::from_vars(Vec::<(String, String)>::new()).unwrap();
+        let kafka = KafkaSettings::default();
         Decided::new(kafka, "changelog".into())
     }
 

@@ -22,7 +22,8 @@ use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_e
 use common::kafka::exactly_once::{
     ExactlyOnceConfig, Membership, Output, Source, Transform, run_exactly_once,
 };
-use common::{KafkaSettings, Topic, kafka};
+use common::settings::{SettingsError, check_range, millis};
+use common::{KafkaSettings, Settings, Topic, kafka};
 use serde::Deserialize;
 use tracing::{info, warn};
 
@@ -32,61 +33,55 @@ pub use payment::{PaymentCheck, RulesCheck, Verdict};
 
 /// The transactions service's own settings.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct TransactionsSettings {
     /// `TRANSACTIONS_INSTANCE_ID`: names this instance's transactional id; must be unique
-    /// among running instances and stay the same across restarts of one instance.
-    #[serde(rename = "transactions_instance_id", default = "default_instance")]
+    /// among running instances and stay the same across restarts of one instance. Default:
+    /// `HOSTNAME`, else `transactions-1`.
+    #[serde(rename = "transactions_instance_id")]
     pub instance_id: String,
     /// `TRANSACTIONS_MAX_BATCH`: most orders decided in one Kafka transaction.
-    #[serde(rename = "transactions_max_batch", default = "default_max_batch")]
+    #[serde(rename = "transactions_max_batch")]
     pub max_batch: usize,
     /// `TRANSACTIONS_BATCH_WAIT_MS`: how long a batch may wait to fill.
-    #[serde(rename = "transactions_batch_wait_ms", default = "default_batch_wait")]
-    pub batch_wait_ms: u64,
+    #[serde(rename = "transactions_batch_wait_ms", deserialize_with = "millis")]
+    pub batch_wait: Duration,
     /// `TRANSACTIONS_TXN_TIMEOUT_MS`: after this long the broker aborts the open transaction of
     /// an instance that vanished.
-    #[serde(
-        rename = "transactions_txn_timeout_ms",
-        default = "default_txn_timeout"
-    )]
-    pub txn_timeout_ms: u64,
+    #[serde(rename = "transactions_txn_timeout_ms", deserialize_with = "millis")]
+    pub txn_timeout: Duration,
 }
 
-fn default_instance() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| "transactions-1".into())
-}
-fn default_max_batch() -> usize {
-    5_000
-}
-fn default_batch_wait() -> u64 {
-    10
-}
-fn default_txn_timeout() -> u64 {
-    10_000
+impl Default for TransactionsSettings {
+    fn default() -> Self {
+        Self {
+            instance_id: std::env::var("HOSTNAME").unwrap_or_else(|_| "transactions-1".into()),
+            max_batch: 5_000,
+            batch_wait: Duration::from_millis(10),
+            txn_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
-impl TransactionsSettings {
-    pub fn from_env() -> Result<Self, common::settings::SettingsError> {
-        use common::settings::{SettingsError, check_range};
-        let settings: Self = common::settings::from_env()?;
-        if settings.instance_id.trim().is_empty() {
+impl Settings for TransactionsSettings {
+    fn check(&self) -> Result<(), SettingsError> {
+        if self.instance_id.trim().is_empty() {
             return Err(SettingsError::new(
                 "TRANSACTIONS_INSTANCE_ID",
                 "must not be empty",
             ));
         }
-        check_range("TRANSACTIONS_MAX_BATCH", settings.max_batch, 1..=100_000)?;
+        check_range("TRANSACTIONS_MAX_BATCH", self.max_batch, 1..=100_000)?;
         check_range(
             "TRANSACTIONS_BATCH_WAIT_MS",
-            settings.batch_wait_ms,
-            0..=10_000,
+            self.batch_wait,
+            Duration::ZERO..=Duration::from_secs(10),
         )?;
         check_range(
             "TRANSACTIONS_TXN_TIMEOUT_MS",
-            settings.txn_timeout_ms,
-            1_000..=900_000,
-        )?;
-        Ok(settings)
+            self.txn_timeout,
+            Duration::from_secs(1)..=Duration::from_secs(900),
+        )
     }
 }
 
@@ -232,8 +227,8 @@ pub async fn run<P: PaymentCheck>(
         group_id: topics.scoped("transactions"),
         transactional_id: topics.scoped(&format!("transactions-{}", settings.instance_id)),
         max_batch: settings.max_batch,
-        max_batch_wait: Duration::from_millis(settings.batch_wait_ms),
-        transaction_timeout: Duration::from_millis(settings.txn_timeout_ms),
+        max_batch_wait: settings.batch_wait,
+        transaction_timeout: settings.txn_timeout,
     };
     let transform = Decide::new(check, &kafka_settings);
     common::shutdown::run_blocking_until(stop.cancelled_owned(), move |stop| {

@@ -1,7 +1,7 @@
 //! Starts the transactions service: reads settings, starts logging, and decides orders until
 //! Ctrl-C or SIGTERM.
 
-use common::KafkaSettings;
+use common::{KafkaSettings, Settings};
 use transactions::{RulesCheck, TransactionsSettings};
 
 #[tokio::main]
@@ -9,6 +9,6 @@ async fn main() -> anyhow::Result<()> {
     common::telemetry::init("transactions")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = TransactionsSettings::from_env()?;
-    let check: RulesCheck = common::settings::from_env()?;
+    let check = RulesCheck::from_env()?;
     transactions::run(kafka, settings, check, common::shutdown::shutdown_signal()).await
 }

@@ -26,23 +26,23 @@ pub trait PaymentCheck: Send + 'static {
 
 /// The deterministic default check (see the module documentation for its rules).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
 pub struct RulesCheck {
     /// `PAYMENT_MAX_AMOUNT`: orders above this total are declined.
-    #[serde(rename = "payment_max_amount", default = "default_limit")]
+    #[serde(rename = "payment_max_amount")]
     pub max_amount: Money,
-}
-
-fn default_limit() -> Money {
-    Money::new(10_000.into()).unwrap_or(Money::ZERO)
 }
 
 impl Default for RulesCheck {
     fn default() -> Self {
         Self {
-            max_amount: default_limit(),
+            max_amount: Money::new(10_000.into()).unwrap_or(Money::ZERO),
         }
     }
 }
+
+/// Its one setting is checked by its type ([`Money`] is never negative).
+impl common::Settings for RulesCheck {}
 
 /// `order_details.payment_token` values that the rules decline, and why.
 pub const DECLINING_TOKENS: [(&str, &str); 2] = [

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use common::KafkaSettings;
 use common::kafka::{base_config, ensure_topics};
+use common::{KafkaSettings, Settings};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -297,7 +297,7 @@ pub async fn spawn_orders(env: &TestEnv) -> OrdersApi {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding");
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let settings: orders::OrdersSettings =
-        common::settings::from_vars(Vec::<(String, String)>::new()).expect("orders defaults");
+        common::Settings::from_vars(Vec::<(String, String)>::new()).expect("orders defaults");
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(orders::run(env.kafka.clone(), settings, listener, async {
         let _ = stopped.await;
@@ -339,7 +339,7 @@ pub struct InProcess {
 
 /// Starts the transactions service in this process with the default payment rules.
 pub fn spawn_transactions(env: &TestEnv, instance: &str) -> InProcess {
-    let settings: transactions::TransactionsSettings = common::settings::from_vars(vec![(
+    let settings = <transactions::TransactionsSettings as common::Settings>::from_vars(vec![(
         "TRANSACTIONS_INSTANCE_ID".to_string(),
         instance.to_string(),
     )])
