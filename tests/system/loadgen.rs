@@ -5,13 +5,13 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use common::Topic;
-use loadgen::{Config, Stage};
+use loadgen::{Config, Downstream};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::helpers::{TestEnv, spawn_analytics, spawn_email, spawn_orders, spawn_transactions};
 use crate::test_env;
 
-fn config(url: String, orders: u64, follow: Vec<Stage>) -> Config {
+fn config(url: String, orders: u64, follow: Vec<Downstream>) -> Config {
     Config {
         url,
         orders,
@@ -67,7 +67,7 @@ async fn faulty_pipeline(env: &TestEnv) -> String {
 async fn loadgen_reports_every_lost_and_duplicated_order() {
     let env = test_env!();
     let url = faulty_pipeline(&env).await;
-    let config = config(url, 20, vec![Stage::OrderConfirmed]);
+    let config = config(url, 20, vec![Downstream::OrderConfirmed]);
 
     let report = loadgen::run(&config, &env.kafka).await.unwrap();
 
@@ -99,7 +99,7 @@ async fn loadgen_finds_a_healthy_pipeline_clean_with_exact_totals() {
     let config = config(
         api.url.clone(),
         200,
-        vec![Stage::OrderConfirmed, Stage::AnalyticsResult],
+        vec![Downstream::OrderConfirmed, Downstream::AnalyticsResult],
     );
 
     let report = loadgen::run(&config, &env.kafka).await.unwrap();

@@ -8,30 +8,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::events::{DecodeError, decode_json, utc_day};
-use common::{AnalyticsResult, DecisionStatus, Id, Money, Order, OrderDecision, Topic};
+use common::{AnalyticsResult, DecisionStatus, EmailSent, Id, Money, Order, OrderDecision, Topic};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// How many days of analytics figures the view keeps (the chart and API show fewer).
 const MAX_DAYS: usize = 400;
-
-/// A message on `order_email_sent`: the order fields plus what the email service did.
-///
-/// Read leniently: `kind` is shown as it came, and `sent_at` is absent from the seed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct EmailSent {
-    #[serde(flatten)]
-    pub order: Order,
-    /// Whether the e-mail went out (the seed's bool `status`).
-    pub status: bool,
-    /// Which e-mail it was (confirmation, decline notice, ...), as the email service names it.
-    #[serde(default)]
-    pub kind: Option<Value>,
-    /// When it was sent, in seconds since the Unix epoch.
-    #[serde(default)]
-    pub sent_at: Option<f64>,
-}
 
 /// One decoded message from one of the four topics.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,7 +136,7 @@ fn step(from: f64, to: f64) -> f64 {
 
 /// One day's figures from analytics.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DayFigures {
+pub struct DayTotals {
     pub day: String,
     /// Confirmed orders.
     pub orders: u64,
@@ -185,12 +168,12 @@ pub struct Pipeline {
 
 /// `GET /api/totals`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Totals {
+pub struct TotalsView {
     /// `None` until analytics wrote its first result.
     pub all_time: Option<AllTime>,
-    pub today: DayFigures,
+    pub today: DayTotals,
     /// The latest days with figures, oldest first.
-    pub days: Vec<DayFigures>,
+    pub days: Vec<DayTotals>,
     pub pipeline: Pipeline,
     /// Messages that could not be decoded and were skipped since start.
     pub skipped_messages: u64,
@@ -210,7 +193,7 @@ pub struct Minute {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Snapshot {
     pub now: f64,
-    pub totals: Totals,
+    pub totals: TotalsView,
     pub minutes: Vec<Minute>,
     pub orders: Vec<OrderProgress>,
 }
@@ -270,10 +253,7 @@ impl View {
             Event::Emailed(email) => {
                 if let Some(progress) = self.entry(&email.order) {
                     progress.email_sent = Some(email.status);
-                    progress.email_kind = email.kind.as_ref().map(|kind| match kind {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    });
+                    progress.email_kind = email.kind.map(|kind| kind.as_str().to_owned());
                     progress.emailed_at = email.sent_at.or(record_time);
                     progress.refresh();
                 }
@@ -339,9 +319,9 @@ impl View {
             .collect()
     }
 
-    pub fn totals(&self, now: f64) -> Totals {
+    pub fn totals(&self, now: f64) -> TotalsView {
         let today = utc_day(now);
-        let figures = |r: &AnalyticsResult| DayFigures {
+        let figures = |r: &AnalyticsResult| DayTotals {
             day: r.day.clone(),
             orders: r.day_orders_count,
             revenue: money(r.day_revenue),
@@ -363,7 +343,7 @@ impl View {
                 _ => {}
             }
         }
-        Totals {
+        TotalsView {
             all_time: self.latest.as_ref().map(|r| AllTime {
                 orders: r.total_orders_count,
                 // Our messages carry the exact figure; the seed's only the number.
@@ -375,7 +355,7 @@ impl View {
                 declined: r.total_declined_count,
                 seq: r.seq,
             }),
-            today: self.days.get(&today).map(figures).unwrap_or(DayFigures {
+            today: self.days.get(&today).map(figures).unwrap_or(DayTotals {
                 day: today,
                 orders: 0,
                 revenue: money(Decimal::ZERO),

@@ -25,20 +25,20 @@ use analytics::totals::Totals;
 use crate::follow::{Seen, follow};
 
 /// A downstream topic the orders are followed to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
-pub enum Stage {
+pub enum Downstream {
     OrderConfirmed,
     OrderEmailSent,
     AnalyticsResult,
 }
 
-impl Stage {
+impl Downstream {
     fn topic(self) -> Topic {
         match self {
-            Stage::OrderConfirmed => Topic::OrderConfirmed,
-            Stage::OrderEmailSent => Topic::OrderEmailSent,
-            Stage::AnalyticsResult => Topic::AnalyticsResult,
+            Downstream::OrderConfirmed => Topic::OrderConfirmed,
+            Downstream::OrderEmailSent => Topic::OrderEmailSent,
+            Downstream::AnalyticsResult => Topic::AnalyticsResult,
         }
     }
 }
@@ -57,7 +57,7 @@ pub struct Config {
     /// The price of every order (a decimal string).
     pub price: Decimal,
     /// Topics to follow the orders to.
-    pub follow: Vec<Stage>,
+    pub follow: Vec<Downstream>,
     /// How long to wait, after the last POST, for the orders to arrive downstream.
     pub settle_timeout: Duration,
     /// Makes this run's order ids unique: `<run_id>-<n>`.
@@ -92,7 +92,7 @@ impl Latency {
 /// What became of the accepted orders on one followed topic.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageReport {
-    pub stage: Stage,
+    pub stage: Downstream,
     /// Accepted orders seen on the topic.
     pub seen: u64,
     /// Accepted orders never seen on the topic (their ids).
@@ -192,7 +192,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
     let topics = kafka.topics();
     // The totals before the run: the analytics follower only sees results written after it
     // starts, so the starting point comes from the compacted topic itself.
-    let analytics_before = if config.follow.contains(&Stage::AnalyticsResult) {
+    let analytics_before = if config.follow.contains(&Downstream::AnalyticsResult) {
         let kafka = kafka.clone();
         let topic = topics.name(Topic::AnalyticsResult);
         Some(tokio::task::spawn_blocking(move || analytics::read_totals(&kafka, &topic)).await??)
@@ -204,7 +204,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
         let follower = follow(
             kafka,
             &topics.name(stage.topic()),
-            *stage == Stage::AnalyticsResult,
+            *stage == Downstream::AnalyticsResult,
         )?;
         followers.push((*stage, follower));
     }
@@ -218,7 +218,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
     loop {
         let done = followers.iter().all(|(stage, follower)| {
             follower.with(|seen| match stage {
-                Stage::AnalyticsResult => {
+                Downstream::AnalyticsResult => {
                     let before = analytics_before.as_ref().map_or(0, |t| t.seq);
                     seen.latest_result
                         .as_ref()
@@ -239,7 +239,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
     let mut analytics = None;
     for (stage, follower) in followers {
         let seen = tokio::task::spawn_blocking(move || follower.finish()).await??;
-        if stage == Stage::AnalyticsResult {
+        if stage == Downstream::AnalyticsResult {
             analytics = Some(check_totals(
                 analytics_before.as_ref(),
                 &seen,
@@ -357,7 +357,7 @@ fn order(id: &str, n: u64, price: Decimal) -> serde_json::Value {
 
 /// Compares what was sent with what `seen` holds for one topic.
 fn stage_report(
-    stage: Stage,
+    stage: Downstream,
     sent: &HashMap<String, Instant>,
     seen: &Seen,
 ) -> anyhow::Result<StageReport> {

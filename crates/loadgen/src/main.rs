@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::{KafkaSettings, Settings};
-use loadgen::{Config, Stage, bench};
+use loadgen::{Config, Downstream, bench};
 use rust_decimal::Decimal;
 
 /// Posts orders to flatpack's orders API and follows them through every topic.
@@ -136,7 +136,7 @@ struct Args {
     price: Decimal,
     /// Topics to follow the orders to.
     #[arg(long, value_delimiter = ',', default_values = ["order-confirmed", "order-email-sent", "analytics-result"])]
-    follow: Vec<StageArg>,
+    follow: Vec<Downstream>,
     /// Follow no topic: measure the POSTs only (for an orders API alone).
     #[arg(long, conflicts_with = "follow")]
     no_follow: bool,
@@ -146,23 +146,6 @@ struct Args {
     /// Where to write the JSON report (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum StageArg {
-    OrderConfirmed,
-    OrderEmailSent,
-    AnalyticsResult,
-}
-
-impl From<StageArg> for Stage {
-    fn from(arg: StageArg) -> Self {
-        match arg {
-            StageArg::OrderConfirmed => Stage::OrderConfirmed,
-            StageArg::OrderEmailSent => Stage::OrderEmailSent,
-            StageArg::AnalyticsResult => Stage::AnalyticsResult,
-        }
-    }
 }
 
 /// Writes `report` as pretty JSON to `path` (`-`: stdout).
@@ -280,7 +263,7 @@ async fn post(args: Args) -> anyhow::Result<()> {
         follow: if args.no_follow {
             Vec::new()
         } else {
-            args.follow.into_iter().map(Stage::from).collect()
+            args.follow
         },
         settle_timeout: Duration::from_secs(args.settle_seconds),
         run_id: format!("load-{:08x}", rand::random::<u32>()),
