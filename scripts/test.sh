@@ -51,6 +51,9 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "API docs (broken intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
 step "unused dependencies (cargo-machete per crate; workspace entries no member names)"
 machete_version=0.9.2
 machete="$(fp_cache_dir)/bin/cargo-machete"

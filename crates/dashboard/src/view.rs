@@ -200,7 +200,7 @@ pub struct Snapshot {
 
 /// The view. Bounded: it keeps the latest `max_orders` orders by placement time (older ones
 /// are dropped as newer ones arrive, so memory stays flat however long the topics are) and
-/// the latest [`MAX_DAYS`] days of analytics figures.
+/// the latest `MAX_DAYS` days of analytics figures.
 #[derive(Debug)]
 pub struct View {
     max_orders: usize,

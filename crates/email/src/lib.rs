@@ -3,7 +3,7 @@
 //! Reads `order_confirmed`, sends the customer a confirmation (or, for a declined payment, a
 //! notice saying why) over SMTP as plain text and HTML, and then writes `order_email_sent`,
 //! keyed by `order_id`. The input offset is committed only after the SMTP server took the
-//! e-mail and the broker acknowledged the record ([`common::at_least_once`]); orders already on
+//! e-mail and the broker acknowledged the record ([`common::kafka::at_least_once`]); orders already on
 //! `order_email_sent` are skipped, so a restart does not e-mail anyone twice. While the SMTP
 //! server is unreachable the service retries the same order with capped backoff and moves on
 //! only once it went out. Up to `EMAIL_CONCURRENCY` e-mails are in flight at once, each on a

@@ -73,7 +73,7 @@ impl<'a> DeadLetter<'a> {
         }
     }
 
-    /// The record for a [`BaseProducer`] (the exactly-once loop).
+    /// The record for a [`BaseProducer`](rdkafka::producer::BaseProducer) (the exactly-once loop).
     pub fn base_record(&self) -> BaseRecord<'a, str, [u8]> {
         let record = BaseRecord::to(self.topic)
             .payload(self.payload)
