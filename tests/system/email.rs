@@ -32,6 +32,22 @@ fn body(env: &TestEnv, id: u64, declined: bool) -> Value {
     body
 }
 
+/// A confirmed decision on order `id`, as transactions writes it, for this test's recipient.
+fn confirmed(env: &TestEnv, id: u64) -> Value {
+    json!({"user_id": 7, "order_id": id, "user_email": recipient(env, id),
+        "order_details": {"price": 10}, "time": 1_700_000_000.5, "status": "confirmed"})
+}
+
+/// Writes decisions on `ids` (in this order) to `order_confirmed`, all on one key so that
+/// they stay in one partition in this order.
+async fn produce_confirmed(env: &TestEnv, ids: &[u64]) {
+    let source = env.topic(Topic::OrderConfirmed);
+    for &id in ids {
+        env.produce(&source, "k", confirmed(env, id).to_string().as_bytes())
+            .await;
+    }
+}
+
 /// This test's e-mails in Mailpit.
 fn query(env: &TestEnv) -> String {
     format!("to:{}", env.prefix)
@@ -398,12 +414,8 @@ async fn an_order_already_on_order_email_sent_is_not_emailed_again() {
     let env = test_env!();
     let Some(mailpit) = mailpit() else { return };
     create_topics(&env).await;
-    let decision = |id: u64| {
-        json!({"user_id": 7, "order_id": id, "user_email": recipient(&env, id),
-            "order_details": {"price": 10}, "time": 1_700_000_000.5, "status": "confirmed"})
-    };
     // Order 1 was e-mailed by an earlier run that stopped before committing its offset.
-    let mut sent = decision(1);
+    let mut sent = confirmed(&env, 1);
     sent["status"] = json!(true);
     env.produce(
         &env.topic(Topic::OrderEmailSent),
@@ -411,11 +423,7 @@ async fn an_order_already_on_order_email_sent_is_not_emailed_again() {
         sent.to_string().as_bytes(),
     )
     .await;
-    let source = env.topic(Topic::OrderConfirmed);
-    for id in [1, 2] {
-        env.produce(&source, "k", decision(id).to_string().as_bytes())
-            .await;
-    }
+    produce_confirmed(&env, &[1, 2]).await;
 
     let email = spawn_email(&env, mailpit.smtp_vars());
 
@@ -442,17 +450,9 @@ async fn copies_of_an_order_in_hand_at_once_get_one_email() {
     let env = test_env!();
     let Some(mailpit) = mailpit() else { return };
     create_topics(&env).await;
-    let decision = |id: u64| {
-        json!({"user_id": 7, "order_id": id, "user_email": recipient(&env, id),
-            "order_details": {"price": 10}, "time": 1_700_000_000.5, "status": "confirmed"})
-    };
     // Three copies of order 3, then order 4, all waiting before the service starts: they
     // are taken into hand together (EMAIL_CONCURRENCY 32), long before any is finished.
-    let source = env.topic(Topic::OrderConfirmed);
-    for id in [3, 3, 3, 4] {
-        env.produce(&source, "k", decision(id).to_string().as_bytes())
-            .await;
-    }
+    produce_confirmed(&env, &[3, 3, 3, 4]).await;
 
     let email = spawn_email(&env, mailpit.smtp_vars());
 
