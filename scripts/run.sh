@@ -15,7 +15,9 @@
 # Environment:
 #   FLATPACK_STATE_DIR   config, data and logs (default .flatpack in the repository)
 #   KAFKA_PORT (9092), MAILPIT_SMTP_PORT (1025), MAILPIT_HTTP_PORT (8025),
-#   ORDERS_HTTP_ADDR (127.0.0.1:5002), DASHBOARD_HTTP_ADDR (127.0.0.1:8000)
+#   ORDERS_HTTP_ADDR (127.0.0.1:5002), DASHBOARD_HTTP_ADDR (127.0.0.1:8000),
+#   TRANSACTIONS_OPS_ADDR (127.0.0.1:9101), ANALYTICS_OPS_ADDR (127.0.0.1:9102),
+#   EMAIL_OPS_ADDR (127.0.0.1:9103)
 #   FLATPACK_PROFILE     dev or release (default dev): the cargo profile built and run
 #   FLATPACK_BIN_DIR     run the service binaries in this directory, without building
 #   SUPERVISOR_VERSION   supervisor from PyPI (default 4.3.0)
@@ -44,13 +46,18 @@ mailpit_http_port=${MAILPIT_HTTP_PORT:-8025}
 export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$kafka_port" SMTP_HOST=127.0.0.1 SMTP_PORT="$smtp_port"
 export ORDERS_HTTP_ADDR=${ORDERS_HTTP_ADDR:-127.0.0.1:5002}
 export DASHBOARD_HTTP_ADDR=${DASHBOARD_HTTP_ADDR:-127.0.0.1:8000}
+export TRANSACTIONS_OPS_ADDR=${TRANSACTIONS_OPS_ADDR:-127.0.0.1:9101}
+export ANALYTICS_OPS_ADDR=${ANALYTICS_OPS_ADDR:-127.0.0.1:9102}
+export EMAIL_OPS_ADDR=${EMAIL_OPS_ADDR:-127.0.0.1:9103}
 # Stable instance ids: a restarted service takes its partitions back at once.
 export EMAIL_INSTANCE_ID=${EMAIL_INSTANCE_ID:-email-1}
 
 if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
   fp_die "flatpack already runs from $state (supervisord pid $pid); control it with $ctl"
 fi
-for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" "${DASHBOARD_HTTP_ADDR##*:}"; do
+for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" \
+  "${DASHBOARD_HTTP_ADDR##*:}" "${TRANSACTIONS_OPS_ADDR##*:}" "${ANALYTICS_OPS_ADDR##*:}" \
+  "${EMAIL_OPS_ADDR##*:}"; do
   ! fp_port_open "$port" || fp_die "port $port is in use; the variables at the top of $0 choose others"
 done
 
@@ -190,6 +197,9 @@ cat <<TXT
 flatpack is running; supervisord restarts whatever exits.
   Orders API   http://$ORDERS_HTTP_ADDR/order   (POST; health: /healthz, /readyz)
   Dashboard    http://$DASHBOARD_HTTP_ADDR/
+  Metrics      http://$ORDERS_HTTP_ADDR/metrics, http://$DASHBOARD_HTTP_ADDR/metrics,
+               http://$TRANSACTIONS_OPS_ADDR/metrics, http://$ANALYTICS_OPS_ADDR/metrics,
+               http://$EMAIL_OPS_ADDR/metrics   (each also /healthz, /readyz)
   Mailpit UI   http://127.0.0.1:$mailpit_http_port/   (SMTP 127.0.0.1:$smtp_port)
   Kafka        $KAFKA_BOOTSTRAP_SERVERS   (broker log: $state/kafka/server.log)
   Logs         $logs/<program>.log, supervisord's own: $logs/supervisord.log

@@ -12,6 +12,7 @@ mod dashboard;
 mod email;
 mod helpers;
 mod loadgen;
+mod metrics;
 mod orders_api;
 mod scripts;
 mod transactions;

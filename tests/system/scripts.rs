@@ -165,7 +165,16 @@ impl LocalRun {
         let state =
             std::env::temp_dir().join(format!("flatpack-run-test-{:08x}", rand::random::<u32>()));
         std::fs::create_dir_all(&state).unwrap();
-        let [kafka, smtp, mailpit_http, orders, dashboard] = free_ports::<5>();
+        let [
+            kafka,
+            smtp,
+            mailpit_http,
+            orders,
+            dashboard,
+            transactions_ops,
+            analytics_ops,
+            email_ops,
+        ] = free_ports::<8>();
         let output = std::fs::File::create(state.join("run.sh.out")).unwrap();
         let child = Command::new("bash")
             .arg(script("run.sh"))
@@ -176,6 +185,12 @@ impl LocalRun {
             .env("MAILPIT_HTTP_PORT", mailpit_http.to_string())
             .env("ORDERS_HTTP_ADDR", format!("127.0.0.1:{orders}"))
             .env("DASHBOARD_HTTP_ADDR", format!("127.0.0.1:{dashboard}"))
+            .env(
+                "TRANSACTIONS_OPS_ADDR",
+                format!("127.0.0.1:{transactions_ops}"),
+            )
+            .env("ANALYTICS_OPS_ADDR", format!("127.0.0.1:{analytics_ops}"))
+            .env("EMAIL_OPS_ADDR", format!("127.0.0.1:{email_ops}"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())

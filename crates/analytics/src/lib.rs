@@ -16,6 +16,7 @@ mod standby;
 pub mod totals;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::events::AnalyticsResult;
@@ -24,8 +25,9 @@ use common::kafka::exactly_once::{
     ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, run_exactly_once,
 };
 use common::kafka::read::{self, Start};
+use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
-use common::{KafkaSettings, OrderDecision, Settings, Topic, kafka};
+use common::{DecisionStatus, KafkaSettings, OrderDecision, Settings, Topic, kafka};
 use rdkafka::message::Message;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +53,9 @@ pub struct AnalyticsSettings {
     /// without the active instance committing any.
     #[serde(rename = "analytics_takeover_after_ms", deserialize_with = "millis")]
     pub takeover_after: Duration,
+    /// `ANALYTICS_OPS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served.
+    #[serde(rename = "analytics_ops_addr")]
+    pub ops_addr: SocketAddr,
 }
 
 impl Default for AnalyticsSettings {
@@ -60,6 +65,7 @@ impl Default for AnalyticsSettings {
             batch_wait: Duration::from_millis(10),
             txn_timeout: Duration::from_secs(10),
             takeover_after: Duration::from_secs(10),
+            ops_addr: SocketAddr::from(([0, 0, 0, 0], 9102)),
         }
     }
 }
@@ -92,6 +98,7 @@ struct Count {
     totals: Totals,
     /// The totals as of the last committed transaction, to fall back to on an abort.
     committed: Totals,
+    tally: Tally,
 }
 
 impl Transform for Count {
@@ -118,6 +125,13 @@ impl Transform for Count {
         out: &mut Vec<Output>,
     ) -> Result<(), String> {
         let result = self.totals.count(&decision);
+        let status = match decision.status {
+            DecisionStatus::Confirmed => "confirmed",
+            DecisionStatus::Declined => "declined",
+        };
+        self.tally
+            .count("flatpack_counted_decisions_total", "status", status);
+        self.tally.reached("counted", decision.order.time);
         match serde_json::to_vec(&result) {
             Ok(payload) => out.push(Output::new(&self.output_topic, result.day, payload)),
             Err(err) => warn!(cause = %err, "result could not be serialised"),
@@ -127,10 +141,12 @@ impl Transform for Count {
 
     fn committed(&mut self) {
         self.committed.clone_from(&self.totals);
+        self.tally.commit();
     }
 
     fn aborted(&mut self) {
         self.totals.clone_from(&self.committed);
+        self.tally.abort();
     }
 }
 
@@ -170,6 +186,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let stop = common::shutdown::cancelled_by(shutdown);
+    let topic = kafka_settings.topics().name(Topic::OrderConfirmed);
+    let ready = ops::broker_readiness(&kafka_settings, topic)?;
+    tokio::spawn(ops::serve(settings.ops_addr, ready, stop.clone()).await?);
     if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderConfirmed,
@@ -209,6 +228,7 @@ fn work(
             output_topic: topics.name(Topic::AnalyticsResult),
             totals: Totals::default(),
             committed: Totals::default(),
+            tally: Tally::default(),
         };
         match run_exactly_once(kafka_settings, &config, count, stop) {
             Ok(()) => return Ok(()),

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod kafka;
+pub mod ops;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

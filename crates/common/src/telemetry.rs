@@ -1,4 +1,4 @@
-//! Logging set-up: human-readable lines by default, JSON lines with `LOG_FORMAT=json`.
+//! Logging set-up (and the metrics recorder, see [`crate::ops`]): human-readable lines by default, JSON lines with `LOG_FORMAT=json`.
 //! The level filter comes from `RUST_LOG` (default `info`). Colours only on a terminal, so
 //! that log files (the supervisor's, the tests') read as plain text.
 
@@ -26,6 +26,8 @@ pub fn init(service: &'static str) -> anyhow::Result<()> {
         builder.try_init()
     };
     result.map_err(|err| anyhow::anyhow!("installing the log subscriber: {err}"))?;
+    // Metrics recorded before the recorder exists are lost: install it first thing too.
+    crate::ops::metrics_handle();
     tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
     Ok(())
 }

@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/totals", get(totals))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(common::ops::metrics))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         .layer(middleware::map_response(security_headers))
         .with_state(state)

@@ -27,9 +27,10 @@ use common::events::{
 };
 use common::kafka::at_least_once::{AtLeastOnceConfig, Handler, run_at_least_once};
 use common::kafka::exactly_once::Output;
-use common::{KafkaSettings, Topic, kafka};
+use common::{KafkaSettings, Topic, kafka, ops};
 use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
+use metrics::counter;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -151,17 +152,21 @@ impl Handler for SendEmail {
             Ok(message) => message,
             Err(err) => {
                 error!(order_id = %order_id, to = %to, ?kind, cause = %format!("{err:#}"), "e-mail cannot be composed; recorded as not sent");
+                counter!("flatpack_emails_total", "outcome" => "failed").increment(1);
                 return Ok(vec![self.record(decision, kind, false)]);
             }
         };
         let sent = match self.smtp.send(&message).await {
             Ok(()) => {
                 info!(order_id = %order_id, to = %to, ?kind, "e-mail sent");
+                counter!("flatpack_emails_total", "outcome" => "sent").increment(1);
+                ops::record_order_age("emailed", now_epoch_seconds() - decision.order.time);
                 true
             }
             // A 5xx answer (e.g. no such mailbox) stays the same however often we ask.
             Err(SendError::Refused(err)) => {
                 warn!(order_id = %order_id, to = %to, ?kind, cause = %err, "SMTP server refused the e-mail for good; recorded as not sent");
+                counter!("flatpack_emails_total", "outcome" => "failed").increment(1);
                 false
             }
             Err(SendError::Transient(err)) => {
@@ -183,6 +188,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
     let stopping = common::shutdown::cancelled_by(shutdown);
+    let ready = ops::broker_readiness(&kafka_settings, topics.name(Topic::OrderConfirmed))?;
+    tokio::spawn(ops::serve(settings.ops_addr, ready, stopping.clone()).await?);
     if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderConfirmed,

@@ -2,6 +2,7 @@
 //! e-mails come from. Read from the environment through [`common::settings`]; a bad value
 //! is reported with the name of its variable.
 
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -72,6 +73,9 @@ pub struct EmailSettings {
     /// crashed instance's partitions wait until the group gives up on it.
     #[serde(rename = "email_instance_id")]
     pub instance_id: Option<String>,
+    /// `EMAIL_OPS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served.
+    #[serde(rename = "email_ops_addr")]
+    pub ops_addr: SocketAddr,
 }
 
 impl Default for EmailSettings {
@@ -92,6 +96,7 @@ impl Default for EmailSettings {
             retry_max: Duration::from_secs(30),
             concurrency: 32,
             instance_id: None,
+            ops_addr: SocketAddr::from(([0, 0, 0, 0], 9103)),
         }
     }
 }
@@ -245,6 +250,7 @@ mod tests {
                 "EMAIL_RETRY_MAX_MS",
                 "EMAIL_CONCURRENCY",
                 "EMAIL_INSTANCE_ID",
+                "EMAIL_OPS_ADDR",
             ]
         );
     }

@@ -4,14 +4,16 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use common::events::{
     Email, Id, Order, OrderDetails, SCHEMA_VERSION, decode_json, now_epoch_seconds,
 };
+use metrics::{counter, histogram};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
@@ -51,8 +53,23 @@ pub enum ApiError {
     Unavailable,
 }
 
+impl ApiError {
+    /// The `reason` label of `flatpack_orders_total{outcome="rejected"}`.
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::UnsupportedMediaType => "content_type",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::BadBody | ApiError::Syntax(_) => "not_json",
+            ApiError::Invalid { .. } => "invalid",
+            ApiError::Unavailable => "broker_unavailable",
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        counter!("flatpack_orders_total", "outcome" => "rejected", "reason" => self.reason())
+            .increment(1);
         let status = match self {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,6 +101,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
+        .route("/metrics", get(common::ops::metrics))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -91,8 +109,24 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(count_request))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Counts every request by route and status (`flatpack_http_requests_total`) and times it
+/// (`flatpack_http_request_seconds`).
+async fn count_request(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    histogram!("flatpack_http_request_seconds", "route" => route.clone()).record(started.elapsed());
+    counter!("flatpack_http_requests_total", "route" => route, "status" => status).increment(1);
+    response
 }
 
 async fn post_order(
@@ -160,6 +194,7 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     match tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send).await {
         Ok(Ok(delivery)) => {
             info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, "order accepted");
+            counter!("flatpack_orders_total", "outcome" => "accepted").increment(1);
             Ok(())
         }
         Ok(Err((err, _))) => {

@@ -16,12 +16,14 @@ pub mod decided;
 pub mod payment;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
 use common::kafka::exactly_once::{
     ExactlyOnceConfig, Membership, Output, Source, Transform, run_exactly_once,
 };
+use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, Settings, Topic, kafka};
 use serde::Deserialize;
@@ -50,6 +52,9 @@ pub struct TransactionsSettings {
     /// an instance that vanished.
     #[serde(rename = "transactions_txn_timeout_ms", deserialize_with = "millis")]
     pub txn_timeout: Duration,
+    /// `TRANSACTIONS_OPS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served.
+    #[serde(rename = "transactions_ops_addr")]
+    pub ops_addr: SocketAddr,
 }
 
 impl Default for TransactionsSettings {
@@ -59,6 +64,7 @@ impl Default for TransactionsSettings {
             max_batch: 5_000,
             batch_wait: Duration::from_millis(10),
             txn_timeout: Duration::from_secs(10),
+            ops_addr: SocketAddr::from(([0, 0, 0, 0], 9101)),
         }
     }
 }
@@ -92,6 +98,7 @@ pub struct Decide<P> {
     source_topic: String,
     output_topic: String,
     decided: Decided,
+    tally: Tally,
 }
 
 impl<P: PaymentCheck> Decide<P> {
@@ -102,6 +109,7 @@ impl<P: PaymentCheck> Decide<P> {
             source_topic: topics.name(Topic::OrderDetails),
             output_topic: topics.name(Topic::OrderConfirmed),
             decided: Decided::new(kafka.clone(), changelog(kafka)),
+            tally: Tally::default(),
         }
     }
 
@@ -146,9 +154,13 @@ impl<P: PaymentCheck> Transform for Decide<P> {
         match self.decided.check(from.partition, &order_id, &fingerprint) {
             Seen::Same => {
                 info!(order_id = %order_id, "decided before; skipping this copy");
+                self.tally
+                    .count("flatpack_duplicate_orders_total", "outcome", "skipped");
                 return Ok(());
             }
             Seen::Different => {
+                self.tally
+                    .count("flatpack_duplicate_orders_total", "outcome", "refused");
                 return Err(format!(
                     "order_id {order_id} was already used for a different order; a new order needs a new order_id"
                 ));
@@ -158,6 +170,13 @@ impl<P: PaymentCheck> Transform for Decide<P> {
         let decision = self.decide(order);
         match serde_json::to_vec(&decision) {
             Ok(payload) => {
+                let status = match decision.status {
+                    DecisionStatus::Confirmed => "confirmed",
+                    DecisionStatus::Declined => "declined",
+                };
+                self.tally
+                    .count("flatpack_decisions_total", "status", status);
+                self.tally.reached("decided", decision.order.time);
                 out.push(Output::new(&self.output_topic, order_id.clone(), payload));
                 out.push(self.decided.record(
                     from.partition,
@@ -184,10 +203,12 @@ impl<P: PaymentCheck> Transform for Decide<P> {
 
     fn committed(&mut self) {
         self.decided.committed();
+        self.tally.commit();
     }
 
     fn aborted(&mut self) {
         self.decided.aborted();
+        self.tally.abort();
     }
 }
 
@@ -206,6 +227,8 @@ pub async fn run<P: PaymentCheck>(
 ) -> anyhow::Result<()> {
     let topics = kafka_settings.topics();
     let stop = common::shutdown::cancelled_by(shutdown);
+    let ready = ops::broker_readiness(&kafka_settings, topics.name(Topic::OrderDetails))?;
+    tokio::spawn(ops::serve(settings.ops_addr, ready, stop.clone()).await?);
     if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderDetails,

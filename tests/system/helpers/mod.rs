@@ -339,10 +339,10 @@ pub struct InProcess {
 
 /// Starts the transactions service in this process with the default payment rules.
 pub fn spawn_transactions(env: &TestEnv, instance: &str) -> InProcess {
-    let settings = <transactions::TransactionsSettings as common::Settings>::from_vars(vec![(
-        "TRANSACTIONS_INSTANCE_ID".to_string(),
-        instance.to_string(),
-    )])
+    let settings = <transactions::TransactionsSettings as common::Settings>::from_vars(vec![
+        ("TRANSACTIONS_INSTANCE_ID".to_string(), instance.to_string()),
+        ("TRANSACTIONS_OPS_ADDR".to_string(), ANY_PORT.to_string()),
+    ])
     .expect("transactions settings");
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(transactions::run(
@@ -360,7 +360,8 @@ pub fn spawn_transactions(env: &TestEnv, instance: &str) -> InProcess {
 }
 
 /// Starts the email service in this process with the given settings (SMTP_HOST, ...).
-pub fn spawn_email(env: &TestEnv, vars: Vec<(String, String)>) -> InProcess {
+pub fn spawn_email(env: &TestEnv, mut vars: Vec<(String, String)>) -> InProcess {
+    vars.push(("EMAIL_OPS_ADDR".to_string(), ANY_PORT.to_string()));
     let settings = email::EmailSettings::from_vars(vars).expect("email settings");
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(email::run(env.kafka.clone(), settings, async {
@@ -410,8 +411,15 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The address of a server whose port does not matter to the test: any free one.
+pub const ANY_PORT: &str = "127.0.0.1:0";
+
 impl ServiceProcess {
+    /// Starts service `name` with `vars`; its metrics and health server (when it has one of
+    /// its own) listens on any free port unless `vars` say where.
     pub fn start(name: &'static str, vars: &[(String, String)]) -> Self {
+        let ops_var = format!("{}_OPS_ADDR", name.to_uppercase());
+        let ops_default = (!vars.iter().any(|(k, _)| *k == ops_var)).then_some((ops_var, ANY_PORT));
         let log = std::env::temp_dir().join(format!(
             "flatpack-test-{name}-{}.log",
             rand::random::<u32>()
@@ -420,6 +428,7 @@ impl ServiceProcess {
         eprintln!("{name} logs to {}", log.display());
         let child = Command::new(binary(name))
             .envs(vars.iter().cloned())
+            .envs(ops_default)
             .env("RUST_LOG", "info")
             .stdout(file.try_clone().expect("service log file"))
             .stderr(file)
@@ -523,7 +532,8 @@ pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: us
 
 /// Starts the analytics service in this process.
 pub fn spawn_analytics(env: &TestEnv) -> InProcess {
-    let settings = analytics::AnalyticsSettings::from_vars(Vec::new()).expect("analytics settings");
+    let vars = vec![("ANALYTICS_OPS_ADDR".to_string(), ANY_PORT.to_string())];
+    let settings = analytics::AnalyticsSettings::from_vars(vars).expect("analytics settings");
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(analytics::run(env.kafka.clone(), settings, async {
         let _ = stopped.await;

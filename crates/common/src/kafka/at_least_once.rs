@@ -26,6 +26,7 @@ use anyhow::{Context, bail};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesOrdered;
+use metrics::counter;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
@@ -332,6 +333,9 @@ impl<H: Handler> Work<H> {
                     let dead = DeadLetter::new(&message, &work.dlq, &problem, service);
                     let record = || dead.future_record();
                     finished.done = deliver(&work.producer, &work.config, &work.stop, record).await;
+                    if finished.done {
+                        counter!("flatpack_dead_letters_total", "service" => service, "topic" => work.dlq.clone()).increment(1);
+                    }
                     finished
                 });
             }
@@ -428,6 +432,7 @@ async fn retry<T, F: Future<Output = anyhow::Result<T>>>(
             return None;
         }
         let delay = config.retry.delay(attempts);
+        counter!("flatpack_retries_total", "service" => config.service).increment(1);
         warn!(service = config.service, attempt = attempts, retry_in = ?delay, cause = %format!("{err:#}"), "{what} failed; retrying");
         tokio::select! {
             biased;

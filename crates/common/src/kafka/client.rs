@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use metrics::gauge;
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -17,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::producer::{DeliveryResult, FutureProducer, ProducerContext};
+use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, error, info, warn};
 
@@ -126,6 +128,28 @@ impl ClientContext for FlatpackContext {
                 info!(client, facility = fac, "{message}")
             }
             RDKafkaLogLevel::Debug => debug!(client, facility = fac, "{message}"),
+        }
+    }
+
+    /// librdkafka's statistics (consumers ask for them every few seconds): how far each
+    /// assigned partition's reading lags behind its last stable offset.
+    fn stats(&self, statistics: Statistics) {
+        for topic in statistics.topics.values() {
+            for partition in topic.partitions.values() {
+                if partition.partition < 0 || !partition.desired {
+                    continue;
+                }
+                if partition.ls_offset >= 0 && partition.app_offset >= 0 {
+                    let lag = (partition.ls_offset - partition.app_offset).max(0);
+                    gauge!(
+                        "flatpack_consumer_lag",
+                        "client" => self.client,
+                        "topic" => topic.topic.clone(),
+                        "partition" => partition.partition.to_string()
+                    )
+                    .set(lag as f64);
+                }
+            }
         }
     }
 
@@ -345,6 +369,8 @@ fn consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     set_default(&mut config, "auto.offset.reset", "earliest");
+    // For the consumer-lag gauge (see `FlatpackContext::stats`).
+    set_default(&mut config, "statistics.interval.ms", "5000");
     set_default(&mut config, "client.id", client);
     config
 }

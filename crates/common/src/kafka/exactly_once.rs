@@ -26,6 +26,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use metrics::{counter, histogram};
 use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
@@ -236,14 +237,29 @@ pub fn run_exactly_once<T: Transform>(
             &owned.partitions,
         );
         let err = match result {
-            Ok(()) => {
+            Ok(dead_letters) => {
                 transform.committed();
-                debug!(service = config.service, messages = batch.len(), elapsed = ?started.elapsed(), "transaction committed");
+                let elapsed = started.elapsed();
+                debug!(
+                    service = config.service,
+                    messages = batch.len(),
+                    ?elapsed,
+                    "transaction committed"
+                );
+                let service = config.service;
+                counter!("flatpack_transactions_total", "service" => service, "outcome" => "committed").increment(1);
+                histogram!("flatpack_transaction_seconds", "service" => service).record(elapsed);
+                histogram!("flatpack_transaction_messages", "service" => service)
+                    .record(batch.len() as f64);
+                if dead_letters > 0 {
+                    counter!("flatpack_dead_letters_total", "service" => service, "topic" => dlq.clone()).increment(dead_letters);
+                }
                 continue;
             }
             Err(err) => err,
         };
         transform.aborted();
+        counter!("flatpack_transactions_total", "service" => config.service, "outcome" => "aborted").increment(1);
         match Failure::of(err, &producer, started.elapsed(), config) {
             Failure::Fenced(err) => {
                 warn!(service = config.service, cause = %err, "another instance took over; stopping this loop");
@@ -462,8 +478,9 @@ fn process_batch<T: Transform>(
     transform: &mut T,
     batch: &[OwnedMessage],
     owned: &[i32],
-) -> Result<(), KafkaError> {
+) -> Result<u64, KafkaError> {
     producer.begin_transaction()?;
+    let mut dead_letters = 0;
     let mut out = Vec::new();
     let mut next_offsets: HashMap<(&str, i32), i64> = HashMap::new();
     for message in batch {
@@ -486,6 +503,7 @@ fn process_batch<T: Transform>(
         };
         if let Some(dead) = rejected {
             send(producer, dead.base_record())?;
+            dead_letters += 1;
         }
         for output in out.iter() {
             let record = BaseRecord::to(&output.topic)
@@ -508,7 +526,8 @@ fn process_batch<T: Transform>(
         .group_metadata()
         .ok_or(KafkaError::ConsumerCommit(RDKafkaErrorCode::State))?;
     send_offsets(producer, offsets, group)?;
-    commit(producer)
+    commit(producer)?;
+    Ok(dead_letters)
 }
 
 /// How much longer than its own timeout a transactional call may take before the loop
