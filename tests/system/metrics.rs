@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use common::Topic;
 use serde_json::json;
 
-use crate::helpers::{ServiceProcess, order_body, post_all};
+use crate::helpers::{ServiceProcess, order_body, post_all, spawn_orders, spawn_transactions};
 use crate::test_env;
 
 /// A port free right now, for a process that must listen where the test can find it.
@@ -185,5 +185,69 @@ async fn orders_and_transactions_count_requests_outcomes_and_decisions_exactly()
 
     assert!(transactions.terminate(Duration::from_secs(30)).success());
     assert!(orders.terminate(Duration::from_secs(30)).success());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_flags_stuck_orders_and_shows_each_stages_lag() {
+    let env = test_env!();
+    let dashboard_addr = free_addr();
+    let mut vars = env.service_vars();
+    vars.push(("DASHBOARD_HTTP_ADDR".into(), dashboard_addr.clone()));
+    vars.push(("DASHBOARD_STUCK_AFTER_MS".into(), "1000".into()));
+    let dashboard = ServiceProcess::start("dashboard", &vars);
+    let url = format!("http://{dashboard_addr}");
+    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
+    let api = spawn_orders(&env).await;
+
+    // No transactions service yet: three orders wait for their decision.
+    let statuses = post_all(
+        &api.url,
+        (1..=3).map(|id| order_body(id, "5.00")).collect(),
+        3,
+    )
+    .await;
+    assert_eq!(statuses, [200, 200, 200]);
+    let totals = |text: &str| serde_json::from_str::<serde_json::Value>(text).unwrap_or_default();
+    let lag_of = |totals: &serde_json::Value, stage: &str| {
+        totals["pipeline"]["lag"]
+            .as_array()
+            .and_then(|lags| lags.iter().find(|l| l["stage"] == stage))
+            .and_then(|l| l["lag"].as_i64())
+    };
+    let text = scrape_until(&format!("{url}/api/totals"), Duration::from_secs(30), |t| {
+        let t = totals(t);
+        t["pipeline"]["stuck_awaiting_decision"] == 3 && lag_of(&t, "transactions") == Some(3)
+    })
+    .await;
+    let listed: Vec<String> = totals(&text)["pipeline"]["stuck"]
+        .as_array()
+        .map(|stuck| {
+            let mut ids: Vec<String> = stuck.iter().map(|o| o["order_id"].to_string()).collect();
+            ids.sort();
+            ids
+        })
+        .unwrap_or_default();
+    assert_eq!(listed, ["1", "2", "3"], "{text}");
+    scrape_until(&format!("{url}/metrics"), Duration::from_secs(15), |t| {
+        value(t, r#"flatpack_stuck_orders{awaiting="decision"}"#) == Some(3.0)
+            && value(t, r#"flatpack_group_lag{stage="transactions"}"#) == Some(3.0)
+    })
+    .await;
+
+    // Decided now, they wait for their e-mail (no email service runs), and transactions has
+    // no lag left.
+    let transactions = spawn_transactions(&env, "stages");
+    scrape_until(&format!("{url}/api/totals"), Duration::from_secs(60), |t| {
+        let t = totals(t);
+        t["pipeline"]["stuck_awaiting_decision"] == 0
+            && t["pipeline"]["stuck_awaiting_email"] == 3
+            && lag_of(&t, "transactions") == Some(0)
+    })
+    .await;
+
+    transactions.stop().await.unwrap();
+    api.stop().await.unwrap();
+    assert!(dashboard.terminate(Duration::from_secs(30)).success());
     env.cleanup().await;
 }

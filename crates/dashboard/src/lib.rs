@@ -10,14 +10,16 @@
 mod http;
 mod reader;
 pub mod view;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use common::kafka;
-use common::settings::{SettingsError, check_range};
+use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, Settings, Topic};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -37,6 +39,10 @@ pub struct DashboardSettings {
     /// `DASHBOARD_MAX_ORDERS`: how many of the latest orders the view keeps in memory.
     #[serde(rename = "dashboard_max_orders")]
     pub max_orders: usize,
+    /// `DASHBOARD_STUCK_AFTER_MS`: an order waiting longer than this for its decision or its
+    /// e-mail is flagged as stuck.
+    #[serde(rename = "dashboard_stuck_after_ms", deserialize_with = "millis")]
+    pub stuck_after: Duration,
 }
 
 impl Default for DashboardSettings {
@@ -44,13 +50,19 @@ impl Default for DashboardSettings {
         Self {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_orders: 10_000,
+            stuck_after: Duration::from_secs(60),
         }
     }
 }
 
 impl Settings for DashboardSettings {
     fn check(&self) -> Result<(), SettingsError> {
-        check_range("DASHBOARD_MAX_ORDERS", self.max_orders, 1..=1_000_000)
+        check_range("DASHBOARD_MAX_ORDERS", self.max_orders, 1..=1_000_000)?;
+        check_range(
+            "DASHBOARD_STUCK_AFTER_MS",
+            self.stuck_after,
+            Duration::from_millis(100)..=Duration::from_secs(86_400),
+        )
     }
 }
 
@@ -70,7 +82,8 @@ pub async fn run(
         async move { kafka::await_topics(&kafka_settings, &names, &stop).await }
     });
 
-    let shared = Arc::new(Shared::new(view::View::new(settings.max_orders)));
+    let view = view::View::new(settings.max_orders, settings.stuck_after.as_secs_f64());
+    let shared = Arc::new(Shared::new(view));
     let mut readers = Vec::new();
     let mut consumers = Vec::new();
     for (topic, name) in Topic::ALL.into_iter().zip(names) {
@@ -81,6 +94,11 @@ pub async fn run(
             reader::read_topic(&consumer, topic, &name, &shared, &stop);
         }));
     }
+    readers.push(tokio::task::spawn_blocking({
+        let (kafka_settings, shared, stop) =
+            (kafka_settings.clone(), Arc::clone(&shared), stop.clone());
+        move || watch::watch(&kafka_settings, &shared, &stop)
+    }));
     let state = http::AppState {
         shared,
         probe: Arc::clone(&consumers[0]),

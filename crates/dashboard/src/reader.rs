@@ -52,7 +52,7 @@ impl Shared {
         self.caught_up.load(Ordering::Acquire) == Topic::ALL.len()
     }
 
-    fn update(&self, change: impl FnOnce(&mut View)) {
+    pub(crate) fn update(&self, change: impl FnOnce(&mut View)) {
         // A reader that panicked while holding the lock left a view that is still usable.
         let mut view = self
             .view

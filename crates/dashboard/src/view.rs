@@ -162,8 +162,41 @@ pub struct Pipeline {
     /// Of those, placed today (UTC).
     pub placed_today: usize,
     pub awaiting_decision: usize,
-    /// Confirmed, but the email service has not reported yet.
+    /// Decided, but the email service has not reported yet.
     pub awaiting_email: usize,
+    /// Of the orders awaiting their decision, those placed longer ago than the stuck time.
+    pub stuck_awaiting_decision: usize,
+    /// Of the orders awaiting their e-mail, those decided longer ago than the stuck time.
+    pub stuck_awaiting_email: usize,
+    /// The latest stuck orders (at most [`MAX_STUCK_LISTED`]), longest waiting first.
+    pub stuck: Vec<StuckOrder>,
+    /// Each stage's consumer group: how many messages of its topic it has not committed yet
+    /// (empty until first measured).
+    pub lag: Vec<GroupLag>,
+}
+
+/// How many stuck orders the totals list by id.
+pub const MAX_STUCK_LISTED: usize = 20;
+
+/// An order that waited longer than the stuck time for its next step.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StuckOrder {
+    pub order_id: Id,
+    /// The step it waits for: `decision` or `email`.
+    pub awaiting: &'static str,
+    /// Seconds it has waited so far.
+    pub waiting_secs: f64,
+}
+
+/// A stage's consumer-group lag on the topic it reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupLag {
+    /// The service whose group it is: `transactions`, `analytics`, `email`.
+    pub stage: &'static str,
+    pub topic: String,
+    /// Messages past the group's committed offsets (transaction markers included), summed
+    /// over the topic's partitions.
+    pub lag: i64,
 }
 
 /// `GET /api/totals`.
@@ -204,6 +237,9 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct View {
     max_orders: usize,
+    /// Seconds an order may wait for its next step before it counts as stuck.
+    stuck_after: f64,
+    lag: Vec<GroupLag>,
     orders: HashMap<Id, OrderProgress>,
     /// (placement time in microseconds, id): the eviction and "latest orders" order.
     by_placement: BTreeSet<(i64, Id)>,
@@ -213,15 +249,22 @@ pub struct View {
 }
 
 impl View {
-    pub fn new(max_orders: usize) -> Self {
+    pub fn new(max_orders: usize, stuck_after: f64) -> Self {
         Self {
             max_orders: max_orders.max(1),
+            stuck_after,
+            lag: Vec::new(),
             orders: HashMap::new(),
             by_placement: BTreeSet::new(),
             latest: None,
             days: BTreeMap::new(),
             skipped: 0,
         }
+    }
+
+    /// The latest measurement of the stages' consumer-group lag.
+    pub fn set_lag(&mut self, lag: Vec<GroupLag>) {
+        self.lag = lag;
     }
 
     /// Counts a message that could not be decoded.
@@ -332,17 +375,44 @@ impl View {
             placed_today: 0,
             awaiting_decision: 0,
             awaiting_email: 0,
+            stuck_awaiting_decision: 0,
+            stuck_awaiting_email: 0,
+            stuck: Vec::new(),
+            lag: self.lag.clone(),
         };
         for order in self.orders.values() {
             if utc_day(order.placed_at) == today {
                 pipeline.placed_today += 1;
             }
-            match (order.status, order.email_sent) {
-                ("pending", _) => pipeline.awaiting_decision += 1,
-                ("confirmed", None) => pipeline.awaiting_email += 1,
-                _ => {}
+            let waiting = match (order.status, order.email_sent) {
+                ("pending", _) => {
+                    pipeline.awaiting_decision += 1;
+                    Some(("decision", now - order.placed_at))
+                }
+                (_, None) => {
+                    pipeline.awaiting_email += 1;
+                    Some(("email", now - order.decided_at.unwrap_or(order.placed_at)))
+                }
+                _ => None,
+            };
+            if let Some((awaiting, secs)) = waiting
+                && secs > self.stuck_after
+            {
+                match awaiting {
+                    "decision" => pipeline.stuck_awaiting_decision += 1,
+                    _ => pipeline.stuck_awaiting_email += 1,
+                }
+                pipeline.stuck.push(StuckOrder {
+                    order_id: order.order_id.clone(),
+                    awaiting,
+                    waiting_secs: step(0.0, secs),
+                });
             }
         }
+        pipeline
+            .stuck
+            .sort_by(|a, b| b.waiting_secs.total_cmp(&a.waiting_secs));
+        pipeline.stuck.truncate(MAX_STUCK_LISTED);
         TotalsView {
             all_time: self.latest.as_ref().map(|r| AllTime {
                 orders: r.total_orders_count,
@@ -462,8 +532,58 @@ mod tests {
     }
 
     #[test]
+    fn orders_waiting_longer_than_the_stuck_time_are_counted_and_listed_longest_first() {
+        let mut view = View::new(10, 60.0);
+        // 1 waits for its decision since DAY, 2 since DAY + 50; 3 was decided at DAY + 10 and
+        // waits for its e-mail; 4 is done.
+        view.apply(&Event::Placed(order(1, DAY)), None);
+        view.apply(&Event::Placed(order(2, DAY + 50.0)), None);
+        view.apply(
+            &decision(3, DAY, DecisionStatus::Declined, Some(DAY + 10.0)),
+            None,
+        );
+        view.apply(
+            &decision(4, DAY, DecisionStatus::Confirmed, Some(DAY + 1.0)),
+            None,
+        );
+        let emailed: EmailSent = serde_json::from_value(json!({
+            "user_id": 7, "order_id": 4, "user_email": "anna@example.com",
+            "order_details": {"price": 1}, "time": DAY, "status": true
+        }))
+        .unwrap();
+        view.apply(&Event::Emailed(emailed), Some(DAY + 2.0));
+
+        let pipeline = view.totals(DAY + 59.0).pipeline;
+        assert_eq!(
+            (pipeline.awaiting_decision, pipeline.awaiting_email),
+            (2, 1)
+        );
+        assert_eq!(pipeline.stuck_awaiting_decision, 0);
+        assert!(pipeline.stuck.is_empty());
+
+        let pipeline = view.totals(DAY + 100.0).pipeline;
+        assert_eq!(
+            pipeline.stuck_awaiting_decision, 1,
+            "order 2 waited 50 s only"
+        );
+        assert_eq!(pipeline.stuck_awaiting_email, 1);
+        let listed: Vec<(String, &str, f64)> = pipeline
+            .stuck
+            .iter()
+            .map(|o| (o.order_id.to_string(), o.awaiting, o.waiting_secs))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("1".to_owned(), "decision", 100.0),
+                ("3".to_owned(), "email", 90.0)
+            ]
+        );
+    }
+
+    #[test]
     fn an_order_moves_from_placed_to_decided_to_emailed_with_step_durations() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         view.apply(&Event::Placed(order(1, DAY)), Some(DAY + 0.01));
         let placed = view.order("1").unwrap();
         assert_eq!(placed.stage, Stage::Placed);
@@ -506,7 +626,7 @@ mod tests {
 
     #[test]
     fn a_decision_seen_before_its_order_creates_it_and_the_broker_time_stands_in() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         view.apply(
             &decision(2, DAY, DecisionStatus::Declined, None),
             Some(DAY + 2.0),
@@ -521,7 +641,7 @@ mod tests {
 
     #[test]
     fn string_and_number_ids_are_both_found() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         let mut by_string = order(0, DAY);
         by_string.order_id = Id::Str("o-9".into());
         view.apply(&Event::Placed(by_string), None);
@@ -533,7 +653,7 @@ mod tests {
 
     #[test]
     fn the_view_keeps_only_the_latest_orders_by_placement() {
-        let mut view = View::new(3);
+        let mut view = View::new(3, 60.0);
         for id in [5, 1, 4, 2, 3] {
             view.apply(&Event::Placed(order(id, DAY + id as f64)), None);
         }
@@ -554,7 +674,7 @@ mod tests {
 
     #[test]
     fn totals_come_from_the_highest_seq_and_the_day_from_its_latest_message() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         let now = DAY + 60.0;
         assert_eq!(view.totals(now).all_time, None);
         assert_eq!(view.totals(now).today.revenue, "0.00");
@@ -581,7 +701,7 @@ mod tests {
 
     #[test]
     fn seed_analytics_without_exact_revenue_or_seq_is_shown() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         let seed = Event::decode(
             Topic::AnalyticsResult,
             br#"{"total_revenue": 1049, "total_orders_count": 3}"#,
@@ -595,7 +715,7 @@ mod tests {
 
     #[test]
     fn pipeline_and_minutes_count_what_the_view_holds() {
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         let now = DAY + 150.0; // third minute of the series ends here
         view.apply(&Event::Placed(order(1, DAY + 1.0)), None);
         view.apply(
@@ -610,7 +730,10 @@ mod tests {
         assert_eq!(totals.pipeline.tracked, 3);
         assert_eq!(totals.pipeline.placed_today, 3);
         assert_eq!(totals.pipeline.awaiting_decision, 1);
-        assert_eq!(totals.pipeline.awaiting_email, 1);
+        assert_eq!(
+            totals.pipeline.awaiting_email, 2,
+            "a declined order gets its e-mail too (the declined notice)"
+        );
 
         let minutes = view.minutes(now, 3);
         let start = (DAY as i64 / 60) * 60;
@@ -632,7 +755,7 @@ mod tests {
         ] {
             assert!(Event::decode(topic, payload).is_err(), "{topic}");
         }
-        let mut view = View::new(10);
+        let mut view = View::new(10, 60.0);
         view.skipped();
         view.skipped();
         assert_eq!(view.totals(DAY).skipped_messages, 2);

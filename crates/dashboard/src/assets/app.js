@@ -134,6 +134,14 @@ function render(snapshot) {
   const pipeline = totals.pipeline;
   setText("placed-today", pipeline.placed_today);
   setText("pipeline", `${pipeline.awaiting_decision} awaiting decision · ${pipeline.awaiting_email} awaiting e-mail`);
+  setText("lag", pipeline.lag.length === 0
+    ? "consumer lag: measuring…"
+    : "consumer lag: " + pipeline.lag.map((g) => `${g.stage} ${g.lag}`).join(" · "));
+  const stuck = pipeline.stuck_awaiting_decision + pipeline.stuck_awaiting_email;
+  setText("stuck", stuck === 0
+    ? "no stuck orders"
+    : `stuck: ${pipeline.stuck_awaiting_decision} awaiting decision, ${pipeline.stuck_awaiting_email} awaiting e-mail (longest: `
+      + pipeline.stuck.slice(0, 5).map((o) => `${o.order_id} ${Math.round(o.waiting_secs)} s`).join(", ") + ")");
   const all = totals.all_time || { orders: 0, revenue: "0.00", declined: 0 };
   setText("all-orders", all.orders);
   setText("all-revenue", all.revenue);
