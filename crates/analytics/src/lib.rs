@@ -27,7 +27,7 @@ use common::kafka::exactly_once::{
 use common::kafka::read::{self, Start};
 use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
-use common::{DecisionStatus, KafkaSettings, OrderDecision, Settings, Topic, kafka};
+use common::{KafkaSettings, OrderDecision, Settings, Topic, kafka};
 use rdkafka::message::Message;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -125,10 +125,7 @@ impl Transform for Count {
         out: &mut Vec<Output>,
     ) -> Result<(), String> {
         let result = self.totals.count(&decision);
-        let status = match decision.status {
-            DecisionStatus::Confirmed => "confirmed",
-            DecisionStatus::Declined => "declined",
-        };
+        let status = decision.status.as_str();
         self.tally
             .count("flatpack_counted_decisions_total", "status", status);
         self.tally.reached("counted", decision.order.time);

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use common::events::{DecodeError, decode_json, utc_day};
-use common::{AnalyticsResult, DecisionStatus, EmailSent, Id, Money, Order, OrderDecision, Topic};
+use common::{AnalyticsResult, EmailSent, Id, Money, Order, OrderDecision, Topic};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -284,10 +284,7 @@ impl View {
             }
             Event::Decided(decision) => {
                 if let Some(progress) = self.entry(&decision.order) {
-                    progress.status = match decision.status {
-                        DecisionStatus::Confirmed => "confirmed",
-                        DecisionStatus::Declined => "declined",
-                    };
+                    progress.status = decision.status.as_str();
                     progress.reason = decision.reason.clone();
                     progress.decided_at = decision.decided_at.or(record_time);
                     progress.refresh();
@@ -497,6 +494,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use common::DecisionStatus;
     use serde_json::json;
 
     const DAY: f64 = 1_764_000_000.0; // 2025-11-24T16:00:00Z

@@ -170,10 +170,7 @@ impl<P: PaymentCheck> Transform for Decide<P> {
         let decision = self.decide(order);
         match serde_json::to_vec(&decision) {
             Ok(payload) => {
-                let status = match decision.status {
-                    DecisionStatus::Confirmed => "confirmed",
-                    DecisionStatus::Declined => "declined",
-                };
+                let status = decision.status.as_str();
                 self.tally
                     .count("flatpack_decisions_total", "status", status);
                 self.tally.reached("decided", decision.order.time);

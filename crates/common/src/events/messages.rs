@@ -57,6 +57,16 @@ pub enum DecisionStatus {
     Declined,
 }
 
+impl DecisionStatus {
+    /// The name on the wire (`confirmed`, `declined`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Confirmed => "confirmed",
+            Self::Declined => "declined",
+        }
+    }
+}
+
 /// A decided order: a message on `order_confirmed` (the seed's order fields plus `status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OrderDecision {
@@ -240,9 +250,12 @@ mod tests {
     }
 
     #[test]
-    fn email_kinds_are_named_as_on_the_wire() {
+    fn kinds_and_statuses_are_named_as_on_the_wire() {
         for kind in [EmailKind::Confirmation, EmailKind::DeclinedNotice] {
             assert_eq!(json!(kind), json!(kind.as_str()));
+        }
+        for status in [DecisionStatus::Confirmed, DecisionStatus::Declined] {
+            assert_eq!(json!(status), json!(status.as_str()));
         }
     }
 
