@@ -212,10 +212,7 @@ pub fn run_exactly_once<T: Transform>(
             // The partitions were handed out again while the batch filled: what came before
             // may come again from the committed offsets. Start the batch over from there.
             batch.clear();
-            let rewound = retry_until_ok("rewinding to the committed offsets", stop, || {
-                read::rewind_to_committed(&consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
-            });
-            if rewound.is_none() {
+            if !rewind(&consumer, stop) {
                 break;
             }
             continue;
@@ -260,37 +257,35 @@ pub fn run_exactly_once<T: Transform>(
         };
         transform.aborted();
         counter!("flatpack_transactions_total", "service" => config.service, "outcome" => "aborted").increment(1);
-        match Failure::of(err, &producer, started.elapsed(), config) {
+        let replace = match Failure::of(err, &producer, started.elapsed(), config) {
             Failure::Fenced(err) => {
                 warn!(service = config.service, cause = %err, "another instance took over; stopping this loop");
                 return Err(Fenced(config.transactional_id.clone()).into());
             }
             Failure::Abortable(err) => {
                 warn!(service = config.service, cause = %err, messages = batch.len(), "transaction failed; aborting and reading the batch again");
-                if let Err(abort_err) = abort(&producer) {
-                    warn!(service = config.service, cause = %abort_err, "abort failed; replacing the producer");
-                    owned.forget(&mut transform);
-                    drop(producer);
-                    match start_producer(settings, config, &mut transform, stop)? {
-                        Some(new) => producer = new,
-                        None => return Ok(()),
+                match abort(&producer) {
+                    Ok(()) => false,
+                    Err(abort_err) => {
+                        warn!(service = config.service, cause = %abort_err, "abort failed; replacing the producer");
+                        true
                     }
                 }
             }
             Failure::Unusable(err) => {
                 warn!(service = config.service, cause = %err, messages = batch.len(), "the producer cannot go on; replacing it and reading the batch again");
-                owned.forget(&mut transform);
-                drop(producer);
-                match start_producer(settings, config, &mut transform, stop)? {
-                    Some(new) => producer = new,
-                    None => return Ok(()),
-                }
+                true
             }
+        };
+        if replace {
+            owned.forget(&mut transform);
+            drop(producer);
+            producer = match start_producer(settings, config, &mut transform, stop)? {
+                Some(new) => new,
+                None => return Ok(()),
+            };
         }
-        let rewound = retry_until_ok("rewinding to the committed offsets", stop, || {
-            read::rewind_to_committed(&consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
-        });
-        if rewound.is_none() {
+        if !rewind(&consumer, stop) {
             break;
         }
     }
@@ -300,6 +295,15 @@ pub fn run_exactly_once<T: Transform>(
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Seeks back to the committed offsets, waiting for the broker as long as it takes; `false`
+/// when `stop` came first.
+fn rewind(consumer: &BaseConsumer<FlatpackContext>, stop: &CancellationToken) -> bool {
+    retry_until_ok("rewinding to the committed offsets", stop, || {
+        read::rewind_to_committed(consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
+    })
+    .is_some()
 }
 
 /// The source partitions whose state the transform holds, kept equal to the consumer's
