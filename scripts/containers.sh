@@ -1,0 +1,323 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# A container engine on a machine without Docker: Debian's podman serving the Docker API,
+# and local stand-ins for the images the compose files and docker/Dockerfile name.
+# Run `scripts/containers.sh --help` for the interface.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+ROOT="$(cd -- "$SCRIPT_DIR/.." && pwd -P)"
+# shellcheck disable=SC2034 # read by lib.sh
+FP_NAME="containers.sh"
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
+
+PODMAN_CONF="$ROOT/docker/podman/containers.conf"
+STAND_INS="$ROOT/docker/stand-ins"
+IMAGE_CACHE="$(fp_cache_dir)/images"
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+PACKAGES=(podman runc debootstrap netavark aardvark-dns iptables uidmap curl)
+STAND_IN_LABEL=org.flatpack.local-stand-in
+RECIPE_LABEL=org.flatpack.stand-in.recipe
+
+usage() {
+  cat <<EOF
+Usage: scripts/containers.sh <command> [options]
+
+Runs containers on a machine with no Docker engine and no reachable image registry, for the
+container tests of scripts/test.sh. Users with Docker need none of this.
+
+Commands:
+  install               apt-get install ${PACKAGES[*]} (what is missing).
+  images                Build the local stand-in images, each once (kept in podman's storage;
+                        rebuilt when its recipe changes), tagged with the names the compose
+                        files and docker/Dockerfile use:
+                          debian:bookworm-slim        debootstrap --variant=minbase
+                          rust:<v>-bookworm           + build tools + this machine's Rust <v>
+                          apache/kafka:<v>            Maven Central jars (scripts/kafka.sh) on Debian's JRE
+                          axllent/mailpit:<v>         the Go build of scripts/mailpit.sh
+                        Each has the label $STAND_IN_LABEL.
+  start [options]       Install if needed, start \`podman system service\` on a socket of its
+                        own in the data dir, wait until it answers, then print
+                          CONTAINERS_CONF=$PODMAN_CONF
+                          DOCKER_HOST=unix://<data-dir>/podman.sock
+  stop --data-dir D     Stop that service (containers it started keep running: remove them
+                        with \`docker compose down\` first).
+  status --data-dir D   Print CONTAINERS_STATUS=running|stopped (exit 3 when stopped).
+  env                   Print CONTAINERS_CONF=... (for podman commands typed by hand).
+
+Options of start:
+  --data-dir D          Where the socket, pid file and log go (default: a new temp dir).
+  --owner-pid P         Stop the service when process P exits (default: the caller's
+                        process group leader; 0: never).
+  --timeout S           Seconds to wait for the API (default 60).
+
+podman is configured by $PODMAN_CONF (runc, cgroupfs, ulimits within the machine's hard
+limits), passed as CONTAINERS_CONF: /etc is not edited. Export CONTAINERS_CONF for podman
+commands by hand (\`eval "\$(scripts/containers.sh env)"\`).
+
+Environment:
+  FLATPACK_CACHE_DIR    cache root (default ~/.cache/flatpack); the Debian rootfs tarball
+                        is kept in <cache>/images
+  DEBIAN_MIRROR         mirror for debootstrap (default $DEBIAN_MIRROR)
+EOF
+}
+
+export CONTAINERS_CONF="$PODMAN_CONF"
+
+# ---------------------------------------------------------------- install
+
+cmd_install() {
+  local -a missing=()
+  local p
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  fp_need_cmd apt-get
+  fp_log "installing ${missing[*]} from Debian"
+  apt-get update -qq >&2 || fp_die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 ||
+    fp_die "apt-get install ${missing[*]} failed"
+}
+
+# ---------------------------------------------------------------- images
+
+# The image a compose file or the Dockerfile names: first `image:` line matching <prefix>.
+compose_image() { # <file> <name-prefix>
+  local img
+  img="$(sed -n "s|^[[:space:]]*image:[[:space:]]*\($2[^[:space:]]*\).*|\1|p" "$ROOT/$1" | head -n1)"
+  [[ -n "$img" ]] || fp_die "$1 names no $2 image"
+  printf '%s\n' "$img"
+}
+
+dockerfile_arg() { # <name>
+  local v
+  v="$(sed -n "s/^ARG $1=\(.*\)$/\1/p" "$ROOT/docker/Dockerfile" | head -n1)"
+  [[ -n "$v" ]] || fp_die "docker/Dockerfile has no ARG $1=..."
+  printf '%s\n' "$v"
+}
+
+# Recipe label of a local image, empty when there is none.
+image_recipe() { # <image>
+  podman image inspect --format "{{index .Labels \"$RECIPE_LABEL\"}}" "$1" 2>/dev/null || true
+}
+
+image_id() { podman image inspect --format '{{.Id}}' "$1"; }
+
+# A fingerprint of everything an image is made from: text, files, and the ids of its bases.
+recipe_of() { # <text> [<file-or-dir>...]
+  local text="$1"
+  shift
+  {
+    printf '%s\n' "$text"
+    local f
+    for f in "$@"; do
+      if [[ -d "$f" ]]; then
+        find "$f" -type f -print0 | sort -z | xargs -0 sha256sum
+      else
+        sha256sum "$f"
+      fi
+    done
+  } | sha256sum | cut -c1-16
+}
+
+# Is <image> there with <recipe>? Says so when it is.
+image_current() { # <image> <recipe>
+  if [[ "$(image_recipe "$1")" == "$2" ]]; then
+    fp_log "$1: local stand-in is current (recipe $2)"
+    return 0
+  fi
+  return 1
+}
+
+build_debian() { # <image>
+  local image="$1" suite="${1##*:}" recipe tarball root
+  suite="${suite%-slim}"
+  recipe="$(recipe_of "debootstrap --variant=minbase $suite $DEBIAN_MIRROR v1")"
+  image_current "$image" "$recipe" && return 0
+  mkdir -p -- "$IMAGE_CACHE"
+  tarball="$IMAGE_CACHE/debian-$suite-minbase-$recipe.tar"
+  if [[ ! -s "$tarball" ]]; then
+    fp_log "$image: debootstrap --variant=minbase $suite (about 30 s)"
+    root="$(fp_mktemp_dir flatpack-rootfs)"
+    if ! debootstrap --variant=minbase "$suite" "$root" "$DEBIAN_MIRROR" >"$root.log" 2>&1; then
+      fp_tail_log "$root.log"
+      rm -rf -- "$root"
+      fp_die "debootstrap $suite failed"
+    fi
+    # The sources the official image has; no package lists or downloaded .debs kept.
+    rm -f -- "$root/etc/apt/sources.list"
+    cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    rm -rf -- "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
+      "$root"/var/log/* "$root.log"
+    tar --numeric-owner -C "$root" -cf "$tarball.tmp" . || fp_die "packing the rootfs failed"
+    rm -rf -- "$root"
+    mv -f -- "$tarball.tmp" "$tarball"
+  fi
+  fp_log "$image: podman import $tarball"
+  podman import -q \
+    --change "LABEL $STAND_IN_LABEL=\"$image from debootstrap --variant=minbase $suite by scripts/containers.sh; not the official image\"" \
+    --change "LABEL $RECIPE_LABEL=$recipe" \
+    --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'CMD ["bash"]' \
+    "$tarball" "docker.io/library/$image" >/dev/null || fp_die "podman import of $tarball failed"
+}
+
+podman_build() { # <image> <dir> <recipe> [podman build args...]
+  local image="$1" dir="$2" recipe="$3" log
+  shift 3
+  log="$(mktemp "${TMPDIR:-/tmp}/flatpack-build.XXXXXX")"
+  fp_log "$image: podman build $dir (log: $log)"
+  if ! podman build --pull=never --layers=false --build-arg RECIPE="$recipe" \
+    -t "docker.io/$image" -f "$dir/Containerfile" "$@" "$dir" >"$log" 2>&1; then
+    fp_tail_log "$log" 60
+    fp_die "building the stand-in $image failed"
+  fi
+  rm -f -- "$log"
+}
+
+build_rust() { # <image> <debian-image>
+  local image="$1" version="${1#*:}" recipe tc="" name sysroot
+  version="${version%-bookworm}"
+  fp_need_cmd rustup
+  # The machine's own toolchain of that version (no download: rustup's servers are not reachable).
+  while read -r name _; do
+    [[ -n "$name" ]] || continue
+    if rustup run "$name" rustc --version 2>/dev/null | grep -q "^rustc ${version}[. ]"; then
+      tc="$name"
+      break
+    fi
+  done < <(rustup toolchain list)
+  [[ -n "$tc" ]] || fp_die "$image needs a Rust $version toolchain on this machine (rustup toolchain list has none)"
+  sysroot="$(rustup run "$tc" rustc --print sysroot)"
+  local full
+  full="$(rustup run "$tc" rustc --version | awk '{ print $2 }')"
+  recipe="$(recipe_of "$(image_id "$2") $full $(rustup run "$tc" rustc -vV | sha256sum)" "$STAND_INS/rust")"
+  image_current "$image" "$recipe" && return 0
+  podman_build "library/$image" "$STAND_INS/rust" "$recipe" \
+    --build-arg RUST_VERSION="$version" --build-arg TOOLCHAIN="$full-x86_64-unknown-linux-gnu" \
+    -v "$sysroot:/mnt/toolchain:ro" -v "$(command -v rustup):/mnt/rustup:ro"
+}
+
+build_kafka() { # <image> <debian-image>
+  local image="$1" version="${1#*:}" recipe libs
+  KAFKA_VERSION="$version" "$SCRIPT_DIR/kafka.sh" fetch >&2 || fp_die "fetching Kafka $version failed"
+  libs="$(fp_cache_dir)/kafka-$version/libs"
+  recipe="$(recipe_of "$(image_id "$2") $version $(find "$libs" -name '*.jar' -printf '%f %s\n' | sort | sha256sum)" \
+    "$STAND_INS/kafka")"
+  image_current "$image" "$recipe" && return 0
+  podman_build "$image" "$STAND_INS/kafka" "$recipe" --build-arg KAFKA_VERSION="$version" \
+    -v "$libs:/mnt/kafka-libs:ro"
+}
+
+build_mailpit() { # <image> <debian-image>
+  local image="$1" version="${1#*:}" recipe bin ctx
+  MAILPIT_VERSION="$version" "$SCRIPT_DIR/mailpit.sh" fetch >&2 || fp_die "building Mailpit $version failed"
+  bin="$(fp_cache_dir)/bin/mailpit"
+  [[ "$("$bin" version 2>/dev/null)" == *" $version "* ]] || fp_die "$bin is not Mailpit $version"
+  recipe="$(recipe_of "$(image_id "$2") $version" "$bin" "$STAND_INS/mailpit")"
+  image_current "$image" "$recipe" && return 0
+  ctx="$(fp_mktemp_dir flatpack-mailpit-image)"
+  cp -- "$STAND_INS/mailpit/Containerfile" "$bin" "$ctx/"
+  podman_build "$image" "$ctx" "$recipe" --build-arg MAILPIT_VERSION="$version"
+  rm -rf -- "$ctx"
+}
+
+cmd_images() {
+  local start=$SECONDS debian rust kafka mailpit
+  cmd_install
+  debian="debian:$(dockerfile_arg DEBIAN_RELEASE)-slim"
+  rust="rust:$(dockerfile_arg RUST_VERSION)-$(dockerfile_arg DEBIAN_RELEASE)"
+  kafka="$(compose_image docker-compose-kafka.yml apache/kafka)"
+  mailpit="$(compose_image docker-compose-services.yml axllent/mailpit)"
+  build_debian "$debian"
+  build_rust "$rust" "$debian"
+  build_kafka "$kafka" "$debian"
+  build_mailpit "$mailpit" "$debian"
+  fp_log "stand-in images ready in $((SECONDS - start))s: $debian $rust $kafka $mailpit"
+}
+
+# ---------------------------------------------------------------- service
+
+service_marker() { printf '%s\n' "$1/podman.sock"; }
+
+api_ready() { # <socket>
+  curl -fsS --max-time 2 --unix-socket "$1" http://d/_ping >/dev/null 2>&1
+}
+
+cmd_start() {
+  local data_dir="" owner="" timeout=60
+  while (($#)); do
+    case "$1" in
+      --data-dir) fp_need_value "$1" $# "${2-}"; data_dir="$2"; shift 2 ;;
+      --owner-pid) fp_need_value "$1" $# "${2-}"; owner="$2"; shift 2 ;;
+      --timeout) fp_need_value "$1" $# "${2-}"; timeout="$2"; shift 2 ;;
+      -h | --help) usage; exit 0 ;;
+      *) fp_die "start: unknown option '$1' (see --help)" ;;
+    esac
+  done
+  fp_is_uint "$timeout" || fp_die "--timeout must be a number of seconds"
+  [[ -n "$owner" ]] || owner="$(fp_default_owner)"
+  [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-podman)"
+  data_dir="$(fp_abs_dir "$data_dir")"
+  cmd_install
+  local sock="$data_dir/podman.sock"
+  if fp_pidfile_pid "$data_dir/podman.pid" "$(service_marker "$data_dir")" >/dev/null && api_ready "$sock"; then
+    fp_log "podman API already serves on $sock"
+  else
+    rm -f -- "$sock"
+    fp_launch "$data_dir" podman "$owner" 20 "podman API service" \
+      podman system service --time=0 "unix://$sock"
+    fp_await_ready "$data_dir" podman "$(service_marker "$data_dir")" "podman API service" "$timeout" \
+      "the Docker API answering /_ping on $sock" "$data_dir/podman.out" api_ready "$sock"
+    fp_log "podman $(podman --version | awk '{ print $3 }') serves the Docker API on $sock"
+  fi
+  printf 'CONTAINERS_CONF=%s\nDOCKER_HOST=unix://%s\n' "$PODMAN_CONF" "$sock"
+}
+
+cmd_stop() {
+  fp_parse_data_dir_args stop "" "$@"
+  fp_stop_service "$FP_DATA_DIR" podman "$(service_marker "$FP_DATA_DIR")" "${FP_TIMEOUT:-20}" \
+    "podman API service"
+}
+
+cmd_status() {
+  fp_parse_data_dir_args status "" "$@"
+  if fp_pidfile_pid "$FP_DATA_DIR/podman.pid" "$(service_marker "$FP_DATA_DIR")" >/dev/null; then
+    printf 'CONTAINERS_STATUS=running\nDOCKER_HOST=unix://%s/podman.sock\n' "$FP_DATA_DIR"
+    return 0
+  fi
+  printf 'CONTAINERS_STATUS=stopped\n'
+  return 3
+}
+
+main() {
+  local cmd="${1:-}"
+  (($#)) && shift
+  case "$cmd" in
+    install) cmd_install ;;
+    images) cmd_images ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    status) cmd_status "$@" ;;
+    env) printf 'CONTAINERS_CONF=%s\n' "$PODMAN_CONF" ;;
+    -h | --help | help) usage ;;
+    "") usage >&2; exit 2 ;;
+    *) fp_die "unknown command '$cmd' (see --help)" ;;
+  esac
+}
+
+main "$@"
