@@ -38,7 +38,9 @@ Commands:
                           axllent/mailpit:<v>         the Go build of scripts/mailpit.sh
                         Each has the label $STAND_IN_LABEL.
   start [options]       Install if needed, start \`podman system service\` on a socket of its
-                        own in the data dir, wait until it answers, then print
+                        own in the data dir and a runner of the containers' healthchecks
+                        (podman leaves that to systemd, which is not there), wait until
+                        the API answers, then print
                           CONTAINERS_CONF=$PODMAN_CONF
                           DOCKER_HOST=unix://<data-dir>/podman.sock
   stop --data-dir D     Stop that service (containers it started keep running: remove them
@@ -134,7 +136,9 @@ image_current() { # <image> <recipe>
 build_debian() { # <image>
   local image="$1" suite="${1##*:}" recipe tarball root
   suite="${suite%-slim}"
-  recipe="$(recipe_of "debootstrap --variant=minbase $suite $DEBIAN_MIRROR v1")"
+  local -a cas=()
+  mapfile -t cas < <(find /usr/local/share/ca-certificates -name '*.crt' 2>/dev/null | sort)
+  recipe="$(recipe_of "debootstrap --variant=minbase $suite $DEBIAN_MIRROR v1" "${cas[@]}")"
   image_current "$image" "$recipe" && return 0
   mkdir -p -- "$IMAGE_CACHE"
   tarball="$IMAGE_CACHE/debian-$suite-minbase-$recipe.tar"
@@ -161,6 +165,13 @@ Suites: $suite-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 EOF
+    # The machine's own certificate authorities, which it needs to reach crates.io and the
+    # other registries (a TLS-inspecting proxy): images that install ca-certificates trust
+    # them as the machine does.
+    if ((${#cas[@]})); then
+      mkdir -p -- "$root/usr/local/share/ca-certificates"
+      cp -- "${cas[@]}" "$root/usr/local/share/ca-certificates/"
+    fi
     rm -rf -- "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
       "$root"/var/log/* "$root.log"
     tar --numeric-owner -C "$root" -cf "$tarball.tmp" . || fp_die "packing the rootfs failed"
@@ -247,7 +258,52 @@ cmd_images() {
   build_rust "$rust" "$debian"
   build_kafka "$kafka" "$debian"
   build_mailpit "$mailpit" "$debian"
+  # Stand-ins replaced by a rebuild are left untagged: drop them.
+  podman image prune -f --filter "label=$STAND_IN_LABEL" >/dev/null 2>&1 || true
   fp_log "stand-in images ready in $((SECONDS - start))s: $debian $rust $kafka $mailpit"
+}
+
+# ---------------------------------------------------------------- healthchecks
+
+# Whole seconds of a Go duration as podman prints it ("10s", "1m30s", "500ms"); at least 1.
+go_duration_secs() { # <duration>
+  local d="$1" total=0 n unit
+  while [[ "$d" =~ ^([0-9.]+)(h|ms|m|s|us|µs|ns)(.*)$ ]]; do
+    n="${BASH_REMATCH[1]%%.*}" unit="${BASH_REMATCH[2]}" d="${BASH_REMATCH[3]}"
+    case "$unit" in
+      h) total=$((total + ${n:-0} * 3600)) ;;
+      m) total=$((total + ${n:-0} * 60)) ;;
+      s) total=$((total + ${n:-0})) ;;
+    esac
+  done
+  ((total >= 1)) || total=1
+  printf '%s\n' "$total"
+}
+
+# podman schedules each container's healthcheck with a systemd timer; with no systemd (as
+# here) no check ever runs and every container stays "starting", so that compose's
+# `condition: service_healthy` would wait forever. This loop is that timer: it runs
+# `podman healthcheck run` for every running container that has a healthcheck, every
+# interval of its own once healthy, and every 2 s while it is starting or unhealthy.
+cmd_healthchecks() {
+  local -A last=()
+  local id status interval now
+  while :; do
+    now=$SECONDS
+    while read -r id status; do
+      [[ -n "$id" ]] || continue
+      interval=2
+      if [[ "$status" == healthy ]]; then
+        interval="$(go_duration_secs "$(podman inspect --format '{{.Config.Healthcheck.Interval}}' "$id" 2>/dev/null || echo 10s)")"
+      fi
+      if ((now - ${last[$id]:-0} >= interval)); then
+        last[$id]=$now
+        podman healthcheck run "$id" >/dev/null 2>&1 &
+      fi
+    done < <(podman ps --filter health=starting --filter health=healthy --filter health=unhealthy \
+      --format '{{.ID}} {{.Status}}' 2>/dev/null | sed -n 's/^\([0-9a-f]*\) .*(\([a-z]*\))$/\1 \2/p')
+    sleep 1
+  done
 }
 
 # ---------------------------------------------------------------- service
@@ -285,11 +341,15 @@ cmd_start() {
       "the Docker API answering /_ping on $sock" "$data_dir/podman.out" api_ready "$sock"
     fp_log "podman $(podman --version | awk '{ print $3 }') serves the Docker API on $sock"
   fi
+  if ! fp_pidfile_pid "$data_dir/healthchecks.pid" "$SCRIPT_DIR/containers.sh healthchecks" >/dev/null; then
+    fp_launch "$data_dir" healthchecks "$owner" 5 "healthcheck runner" "$SCRIPT_DIR/containers.sh" healthchecks
+  fi
   printf 'CONTAINERS_CONF=%s\nDOCKER_HOST=unix://%s\n' "$PODMAN_CONF" "$sock"
 }
 
 cmd_stop() {
   fp_parse_data_dir_args stop "" "$@"
+  fp_stop_service "$FP_DATA_DIR" healthchecks "$SCRIPT_DIR/containers.sh healthchecks" 5 "healthcheck runner"
   fp_stop_service "$FP_DATA_DIR" podman "$(service_marker "$FP_DATA_DIR")" "${FP_TIMEOUT:-20}" \
     "podman API service"
 }
@@ -314,6 +374,7 @@ main() {
     stop) cmd_stop "$@" ;;
     status) cmd_status "$@" ;;
     env) printf 'CONTAINERS_CONF=%s\n' "$PODMAN_CONF" ;;
+    healthchecks) cmd_healthchecks ;; # started by `start`
     -h | --help | help) usage ;;
     "") usage >&2; exit 2 ;;
     *) fp_die "unknown command '$cmd' (see --help)" ;;
