@@ -284,9 +284,11 @@ go_duration_secs() { # <duration>
 # here) no check ever runs and every container stays "starting", so that compose's
 # `condition: service_healthy` would wait forever. This loop is that timer: it runs
 # `podman healthcheck run` for every running container that has a healthcheck, every
-# interval of its own once healthy, and every 2 s while it is starting or unhealthy.
+# interval of its own once healthy, and every 2 s while it is starting or unhealthy; never
+# a second run of one container's check while its previous run is still going (a check that
+# starts a JVM can take longer than its interval on a busy machine).
 cmd_healthchecks() {
-  local -A last=()
+  local -A last=() running=()
   local id status interval now
   while :; do
     now=$SECONDS
@@ -296,9 +298,13 @@ cmd_healthchecks() {
       if [[ "$status" == healthy ]]; then
         interval="$(go_duration_secs "$(podman inspect --format '{{.Config.Healthcheck.Interval}}' "$id" 2>/dev/null || echo 10s)")"
       fi
+      if [[ -n "${running[$id]:-}" ]] && kill -0 "${running[$id]}" 2>/dev/null; then
+        continue
+      fi
       if ((now - ${last[$id]:-0} >= interval)); then
         last[$id]=$now
         podman healthcheck run "$id" >/dev/null 2>&1 &
+        running[$id]=$!
       fi
     done < <(podman ps --filter health=starting --filter health=healthy --filter health=unhealthy \
       --format '{{.ID}} {{.Status}}' 2>/dev/null | sed -n 's/^\([0-9a-f]*\) .*(\([a-z]*\))$/\1 \2/p')
