@@ -6,6 +6,10 @@
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
 # MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Debian's chromium
 # is installed (scripts/chromium.sh) unless CHROMIUM names a browser.
+# Then the containers (scripts/containers.sh: podman serving the Docker API, local stand-in
+# images where no registry can be reached): the system tests' testcontainers path once, and
+# the compose files run for real (tests/containers). FLATPACK_SKIP_CONTAINERS=1 leaves them
+# out (not allowed under CI=true).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh transactions`).
 set -euo pipefail
 
@@ -19,8 +23,12 @@ source "$here/lib.sh"
 work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-test.XXXXXX")
 started_kafka=""
 started_mailpit=""
+started_podman=""
 cleanup() {
   local status=$?
+  if [ -n "$started_podman" ]; then
+    "$here/containers.sh" stop --data-dir "$work/podman" || true
+  fi
   if [ -n "$started_kafka" ]; then
     "$here/kafka.sh" stop --data-dir "$work/kafka" || true
   fi
@@ -100,3 +108,43 @@ cargo build --workspace --bins --locked
 
 step "tests"
 cargo test --workspace --locked "$@"
+
+if [ -n "${FLATPACK_SKIP_CONTAINERS:-}" ]; then
+  [ "${CI:-}" != true ] || fp_die "FLATPACK_SKIP_CONTAINERS is not allowed under CI=true"
+  echo "test.sh: *** container tests SKIPPED (FLATPACK_SKIP_CONTAINERS is set)" >&2
+  exit 0
+fi
+
+containers_start=$SECONDS
+step "container engine: podman serving the Docker API"
+started_podman=1
+out=$("$here/containers.sh" start --data-dir "$work/podman" --owner-pid $$)
+fp_export_lines "$out"
+echo "Docker API: $DOCKER_HOST" >&2
+
+step "local stand-in images (built once, then cached)"
+"$here/containers.sh" images
+
+# The system tests' own way to a broker when KAFKA_BOOTSTRAP_SERVERS is not set: an
+# apache/kafka container started by testcontainers. testcontainers leaves it running when the
+# test process exits (nothing in the process can remove it then): it is removed here, and
+# the step fails unless exactly one such container was started.
+step "system tests through testcontainers (apache/kafka container, no KAFKA_BOOTSTRAP_SERVERS)"
+tc_filter='label=org.testcontainers.managed-by=testcontainers'
+tc_containers() { podman ps -a -q --filter "$tc_filter" --filter ancestor=docker.io/apache/kafka:4.1.1; }
+tc_containers | xargs -r podman rm -f >/dev/null
+tc_status=0
+env -u KAFKA_BOOTSTRAP_SERVERS cargo test --locked --test system -- --exact \
+  orders_api::post_order_answers_the_accepted_order_after_it_is_on_order_details \
+  transactions::posted_orders_get_exactly_one_decision_each_with_the_seed_fields || tc_status=$?
+started=$(tc_containers)
+[ -z "$started" ] || printf '%s\n' "$started" | xargs podman rm -f >/dev/null
+[ "$tc_status" -eq 0 ] || fp_die "the system tests failed against the testcontainers broker"
+[ "$(printf '%s\n' "$started" | grep -c .)" -eq 1 ] ||
+  fp_die "expected the tests to start exactly one apache/kafka container, found: ${started:-none}"
+[ -z "$(tc_containers)" ] || fp_die "the testcontainers broker could not be removed"
+echo "test.sh: testcontainers started apache/kafka container $started, now removed" >&2
+
+step "container tests: docker compose up --build, the three-broker cluster losing a broker"
+cargo test --locked --test containers -- --test-threads=1
+echo "test.sh: container part took $((SECONDS - containers_start))s" >&2

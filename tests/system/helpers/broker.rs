@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use testcontainers::core::{ContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, ImageExt};
-use testcontainers_modules::kafka::apache::{self, Kafka};
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::sync::OnceCell;
 
 /// The Apache Kafka image tag the container provider runs (the version the local scripts
@@ -59,24 +59,56 @@ async fn find_broker() -> Result<String, String> {
 }
 
 /// Starts `apache/kafka` (JVM image, KRaft, single node) and keeps it for the whole run.
+///
+/// The container's port 9092 is published on a free host port chosen here and advertised
+/// as `127.0.0.1:<port>`, so nothing needs to read the mapping back from the engine: podman
+/// reports a published port with an empty `HostIp`, which testcontainers (and its Kafka
+/// module, which writes the advertised listener after start) does not take for IPv4.
 async fn start_container() -> Result<String, String> {
-    let container: ContainerAsync<Kafka> = Kafka::default()
-        .with_jvm_image()
-        .with_tag(KAFKA_IMAGE_TAG)
-        // Transactions need the transaction state log; one broker can hold one replica.
-        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
-        .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
-        .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
-        .start()
-        .await
-        .map_err(|err| {
-            format!("KAFKA_BOOTSTRAP_SERVERS is not set and no Docker engine answered ({err})")
-        })?;
-    let port = container
-        .get_host_port_ipv4(apache::KAFKA_PORT)
-        .await
-        .map_err(|err| format!("reading the Kafka container's port: {err}"))?;
-    // Kept for the life of the test process; testcontainers' reaper removes it afterwards.
+    let port = free_port().map_err(|err| format!("finding a free port for Kafka: {err}"))?;
+    let container: ContainerAsync<GenericImage> =
+        GenericImage::new("apache/kafka", KAFKA_IMAGE_TAG)
+            .with_exposed_port(ContainerPort::Tcp(9092))
+            .with_wait_for(WaitFor::message_on_stdout("Kafka Server started"))
+            .with_mapped_port(port, ContainerPort::Tcp(9092))
+            .with_env_var("CLUSTER_ID", "5L6g3nShT-eMCtK--X86sw")
+            .with_env_var("KAFKA_NODE_ID", "1")
+            .with_env_var("KAFKA_PROCESS_ROLES", "broker,controller")
+            .with_env_var(
+                "KAFKA_LISTENERS",
+                "PLAINTEXT://0.0.0.0:9092,BROKER://0.0.0.0:9093,CONTROLLER://0.0.0.0:9094",
+            )
+            .with_env_var(
+                "KAFKA_ADVERTISED_LISTENERS",
+                format!("PLAINTEXT://127.0.0.1:{port},BROKER://localhost:9093"),
+            )
+            .with_env_var(
+                "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+                "BROKER:PLAINTEXT,PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            )
+            .with_env_var("KAFKA_INTER_BROKER_LISTENER_NAME", "BROKER")
+            .with_env_var("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER")
+            .with_env_var("KAFKA_CONTROLLER_QUORUM_VOTERS", "1@localhost:9094")
+            // One broker holds one replica of the internal topics; transactions need theirs.
+            .with_env_var("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "1")
+            .with_env_var("KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR", "1")
+            .with_env_var("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1")
+            .with_env_var("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0")
+            .start()
+            .await
+            .map_err(|err| {
+                format!("KAFKA_BOOTSTRAP_SERVERS is not set and no Docker engine answered ({err})")
+            })?;
+    // Kept for the life of the test process. Nothing removes it when the process exits (a
+    // static is never dropped): `scripts/test.sh` removes it after its testcontainers step;
+    // by hand, `docker rm -f` the container labelled org.testcontainers.managed-by.
     Box::leak(Box::new(container));
     Ok(format!("127.0.0.1:{port}"))
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
