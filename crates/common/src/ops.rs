@@ -139,8 +139,9 @@ pub async fn serve(
 /// it aborts, so that a batch read again after an abort is not counted twice.
 #[derive(Debug, Default)]
 pub struct Tally {
-    /// (metric, label name, label value) → increment.
-    counts: Vec<(&'static str, &'static str, &'static str)>,
+    /// (metric, label name, label value) → how many since the last commit or abort: one
+    /// counter update per series at commit, not one per message.
+    counts: Vec<((&'static str, &'static str, &'static str), u64)>,
     /// (stage, seconds since the order was accepted).
     ages: Vec<(&'static str, f64)>,
 }
@@ -148,7 +149,12 @@ pub struct Tally {
 impl Tally {
     /// Counts one of `metric{label=value}`.
     pub fn count(&mut self, metric: &'static str, label: &'static str, value: &'static str) {
-        self.counts.push((metric, label, value));
+        let series = (metric, label, value);
+        // A handful of series at most: a scan beats hashing.
+        match self.counts.iter_mut().find(|(known, _)| *known == series) {
+            Some((_, n)) => *n += 1,
+            None => self.counts.push((series, 1)),
+        }
     }
 
     /// Notes that an order accepted at `order_time` (epoch seconds) reached `stage` now.
@@ -159,8 +165,8 @@ impl Tally {
 
     /// The transaction committed: record everything noted since the last commit or abort.
     pub fn commit(&mut self) {
-        for (metric, label, value) in self.counts.drain(..) {
-            metrics::counter!(metric, label => value).increment(1);
+        for ((metric, label, value), n) in self.counts.drain(..) {
+            metrics::counter!(metric, label => value).increment(n);
         }
         for (stage, age) in self.ages.drain(..) {
             record_order_age(stage, age);
