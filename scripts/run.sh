@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Runs the whole flatpack system on this machine, without Docker: Apache Kafka (from the
-# Maven Central jars), Mailpit, and every service, as programs of supervisord (PyPI's
+# Maven Central jars), Mailpit, Jaeger (built from its Go module) and every service, as programs of supervisord (PyPI's
 # `supervisor`, installed into a venv in the flatpack cache), which restarts whatever exits,
 # with backoff, and logs that it did. Prints where to look and how to control it, then runs
 # until Ctrl-C or a closed terminal, which stop everything cleanly (Ctrl-C twice: at once).
@@ -17,7 +17,8 @@
 #   KAFKA_PORT (9092), MAILPIT_SMTP_PORT (1025), MAILPIT_HTTP_PORT (8025),
 #   ORDERS_HTTP_ADDR (127.0.0.1:5002), DASHBOARD_HTTP_ADDR (127.0.0.1:8000),
 #   TRANSACTIONS_OPS_ADDR (127.0.0.1:9101), ANALYTICS_OPS_ADDR (127.0.0.1:9102),
-#   EMAIL_OPS_ADDR (127.0.0.1:9103)
+#   EMAIL_OPS_ADDR (127.0.0.1:9103), JAEGER_UI_ADDR (127.0.0.1:16686),
+#   JAEGER_OTLP_HTTP_ADDR (127.0.0.1:4318), JAEGER_QUERY_GRPC_ADDR (127.0.0.1:16685)
 #   FLATPACK_PROFILE     dev or release (default dev): the cargo profile built and run
 #   FLATPACK_BIN_DIR     run the service binaries in this directory, without building
 #   SUPERVISOR_VERSION   supervisor from PyPI (default 4.3.0)
@@ -49,6 +50,11 @@ export DASHBOARD_HTTP_ADDR=${DASHBOARD_HTTP_ADDR:-127.0.0.1:8000}
 export TRANSACTIONS_OPS_ADDR=${TRANSACTIONS_OPS_ADDR:-127.0.0.1:9101}
 export ANALYTICS_OPS_ADDR=${ANALYTICS_OPS_ADDR:-127.0.0.1:9102}
 export EMAIL_OPS_ADDR=${EMAIL_OPS_ADDR:-127.0.0.1:9103}
+export JAEGER_UI_ADDR=${JAEGER_UI_ADDR:-127.0.0.1:16686}
+export JAEGER_OTLP_HTTP_ADDR=${JAEGER_OTLP_HTTP_ADDR:-127.0.0.1:4318}
+export JAEGER_QUERY_GRPC_ADDR=${JAEGER_QUERY_GRPC_ADDR:-127.0.0.1:16685}
+# Every service sends its spans to Jaeger.
+export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://$JAEGER_OTLP_HTTP_ADDR}
 # Stable instance ids: a restarted service takes its partitions back at once.
 export EMAIL_INSTANCE_ID=${EMAIL_INSTANCE_ID:-email-1}
 
@@ -57,7 +63,8 @@ if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
 fi
 for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" \
   "${DASHBOARD_HTTP_ADDR##*:}" "${TRANSACTIONS_OPS_ADDR##*:}" "${ANALYTICS_OPS_ADDR##*:}" \
-  "${EMAIL_OPS_ADDR##*:}"; do
+  "${EMAIL_OPS_ADDR##*:}" "${JAEGER_UI_ADDR##*:}" "${JAEGER_OTLP_HTTP_ADDR##*:}" \
+  "${JAEGER_QUERY_GRPC_ADDR##*:}"; do
   ! fp_port_open "$port" || fp_die "port $port is in use; the variables at the top of $0 choose others"
 done
 
@@ -98,6 +105,8 @@ supervisor_ok || fp_with_lock "$venv.lock" supervisor_install_locked
 # Fetch and build now, in view, rather than inside the supervised programs.
 "$here/kafka.sh" fetch
 "$here/mailpit.sh" fetch
+jaeger=$("$here/jaeger.sh")
+jaeger=${jaeger#JAEGER=}
 
 # Every program gets SIGKILL when supervisord dies, whatever killed it.
 die_with_parent=(setpriv --pdeathsig KILL --)
@@ -147,6 +156,7 @@ priority=100
 EOF
   program kafka 10 "${KAFKA_STOP_TIMEOUT:-30}" "$(printf '%q ' "$here/kafka.sh" run --data-dir "$state/kafka" --port "$kafka_port")"
   program mailpit 20 10 "$(printf '%q ' "$here/mailpit.sh" run --data-dir "$state/mailpit" --smtp-port "$smtp_port" --http-port "$mailpit_http_port")"
+  program jaeger 20 10 "$(printf '%q ' "$jaeger" --config "$here/jaeger/local.yaml")"
   for service in "${services[@]}"; do
     program "$service" 100 30 "$(printf '%q' "$bin_dir/$service")"
   done
@@ -200,11 +210,13 @@ flatpack is running; supervisord restarts whatever exits.
   Metrics      http://$ORDERS_HTTP_ADDR/metrics, http://$DASHBOARD_HTTP_ADDR/metrics,
                http://$TRANSACTIONS_OPS_ADDR/metrics, http://$ANALYTICS_OPS_ADDR/metrics,
                http://$EMAIL_OPS_ADDR/metrics   (each also /healthz, /readyz)
+  Traces       http://$JAEGER_UI_ADDR/api/traces?service=orders   (Jaeger's API; one trace per order:
+               .../api/traces/<trace id>, trace_id in the orders log, or the one of a traceparent you send)
   Mailpit UI   http://127.0.0.1:$mailpit_http_port/   (SMTP 127.0.0.1:$smtp_port)
   Kafka        $KAFKA_BOOTSTRAP_SERVERS   (broker log: $state/kafka/server.log)
   Logs         $logs/<program>.log, supervisord's own: $logs/supervisord.log
 
-Control it (programs: kafka, mailpit, services:orders, services:transactions, ...):
+Control it (programs: kafka, mailpit, jaeger, services:orders, services:transactions, ...):
   $ctl status
   $ctl stop kafka     (and: start kafka; or kill -9 the broker, it is restarted)
   $ctl restart services:transactions

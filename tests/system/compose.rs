@@ -20,8 +20,14 @@ use orders::OrdersSettings;
 use serde_yaml_ng::{Mapping, Value};
 use transactions::{RulesCheck, TransactionsSettings};
 
-/// Read by every service, outside its settings structs (`common::telemetry`).
-const LOGGING_VARS: [&str; 2] = ["RUST_LOG", "LOG_FORMAT"];
+/// Read by every service, outside its settings structs (`common::telemetry`; the `OTEL_*`
+/// ones through OpenTelemetry's SDK).
+const LOGGING_VARS: [&str; 4] = [
+    "RUST_LOG",
+    "LOG_FORMAT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+];
 
 /// The compose files that define flatpack services (`docker-compose.yml` through `include`).
 const COMPOSE_FILES: [&str; 3] = [

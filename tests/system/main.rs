@@ -15,6 +15,7 @@ mod loadgen;
 mod metrics;
 mod orders_api;
 mod scripts;
+mod traces;
 mod transactions;
 
 /// Skips the test (loudly) when there is no broker outside CI; see [`helpers::broker`].

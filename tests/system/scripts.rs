@@ -91,6 +91,7 @@ struct LocalRun {
     state: PathBuf,
     orders: String,
     dashboard: String,
+    jaeger: String,
     http: reqwest::Client,
 }
 
@@ -174,7 +175,10 @@ impl LocalRun {
             transactions_ops,
             analytics_ops,
             email_ops,
-        ] = free_ports::<8>();
+            jaeger_ui,
+            jaeger_otlp,
+            jaeger_grpc,
+        ] = free_ports::<11>();
         let output = std::fs::File::create(state.join("run.sh.out")).unwrap();
         let child = Command::new("bash")
             .arg(script("run.sh"))
@@ -191,6 +195,9 @@ impl LocalRun {
             )
             .env("ANALYTICS_OPS_ADDR", format!("127.0.0.1:{analytics_ops}"))
             .env("EMAIL_OPS_ADDR", format!("127.0.0.1:{email_ops}"))
+            .env("JAEGER_UI_ADDR", format!("127.0.0.1:{jaeger_ui}"))
+            .env("JAEGER_OTLP_HTTP_ADDR", format!("127.0.0.1:{jaeger_otlp}"))
+            .env("JAEGER_QUERY_GRPC_ADDR", format!("127.0.0.1:{jaeger_grpc}"))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
@@ -204,6 +211,7 @@ impl LocalRun {
             state,
             orders: format!("http://127.0.0.1:{orders}"),
             dashboard: format!("http://127.0.0.1:{dashboard}"),
+            jaeger: format!("http://127.0.0.1:{jaeger_ui}"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -293,6 +301,46 @@ impl LocalRun {
         }
     }
 
+    /// Waits until the Jaeger that run.sh started (and names in what it prints) holds a
+    /// trace of an order through all four services that handle one.
+    async fn traces_reach_jaeger(&self) {
+        assert!(
+            self.output()
+                .contains(&format!("{}/api/traces", self.jaeger)),
+            "{}",
+            self.output()
+        );
+        let url = format!("{}/api/traces?service=orders&limit=20", self.jaeger);
+        let until = Instant::now() + Duration::from_secs(60);
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Ok(response) = self.http.get(&url).send().await
+                && response.status().is_success()
+            {
+                last = response.json().await.expect("Jaeger's JSON");
+                let whole = last["data"].as_array().into_iter().flatten().any(|trace| {
+                    let services: Vec<&str> = trace["processes"]
+                        .as_object()
+                        .into_iter()
+                        .flat_map(|p| p.values())
+                        .filter_map(|p| p["serviceName"].as_str())
+                        .collect();
+                    ["orders", "transactions", "email", "analytics"]
+                        .iter()
+                        .all(|s| services.contains(s))
+                });
+                if whole {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < until,
+                "no trace through orders, transactions, email and analytics in {url} within 60 s; last: {last}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
     fn signal_group(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, "--", &self.pgid()])
@@ -334,6 +382,7 @@ async fn run_sh_restarts_a_killed_service_and_stops_everything_on_sighup() {
     let _one_at_a_time = RUN_SH.lock().await;
     let mut run = LocalRun::start().await;
     run.order_goes_through(1001).await;
+    run.traces_reach_jaeger().await;
 
     let killed = run.pid("services:transactions").expect("transactions runs");
     let status = Command::new("kill")
@@ -386,6 +435,7 @@ async fn run_sh_restarts_a_killed_service_and_stops_everything_on_sighup() {
         "analytics",
         "dashboard",
         "mailpit",
+        "jaeger",
         "kafka",
     ] {
         assert!(
@@ -423,8 +473,8 @@ async fn run_sh_killed_with_its_process_group_leaves_nothing_behind() {
     programs.sort();
     assert_eq!(
         programs.len(),
-        8,
-        "supervisord and 7 programs: {programs:?}"
+        9,
+        "supervisord and 8 programs: {programs:?}"
     );
     let mentioning = run.leftovers();
     for part in ["supervisord", "kafka.Kafka", "mailpit"] {

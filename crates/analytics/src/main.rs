@@ -6,7 +6,7 @@ use common::{KafkaSettings, Settings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("analytics")?;
+    let _telemetry = common::telemetry::init("analytics")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = AnalyticsSettings::from_env()?;
     analytics::run(kafka, settings, common::shutdown::shutdown_signal()).await

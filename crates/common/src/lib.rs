@@ -9,6 +9,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topics;
+pub mod traces;
 
 pub use events::{
     AnalyticsResult, DecisionStatus, Email, EmailKind, EmailSent, Id, Money, Order, OrderDecision,

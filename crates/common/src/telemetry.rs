@@ -1,33 +1,123 @@
-//! Logging set-up (and the metrics recorder, see [`crate::ops`]): human-readable lines by default, JSON lines with `LOG_FORMAT=json`.
-//! The level filter comes from `RUST_LOG` (default `info`). Colours only on a terminal, so
-//! that log files (the supervisor's, the tests') read as plain text.
+//! Logging, traces and the metrics recorder (see [`crate::ops`]), set up once in `main`.
+//!
+//! Logs: human-readable lines by default, JSON lines with `LOG_FORMAT=json`; the level filter
+//! comes from `RUST_LOG` (default `info`); colours only on a terminal, so that log files (the
+//! supervisor's, the tests') read as plain text.
+//!
+//! Traces: every service makes spans for the work of each order ([`crate::traces`]) and
+//! exports them with OpenTelemetry OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, under the service's name unless
+//! `OTEL_SERVICE_NAME` says otherwise; the other standard `OTEL_*` variables apply
+//! (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...). Without an
+//! endpoint nothing is exported, but the spans and the trace context on every Kafka record
+//! are there all the same.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
+use anyhow::{Context, bail};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::level_filters::LevelFilter;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-/// Installs the global subscriber. Call once, first thing in `main`.
-pub fn init(service: &'static str) -> anyhow::Result<()> {
+/// Keeps the trace exporter running; dropping it exports the spans still buffered (for at
+/// most a few seconds). Hold it in `main` until the service stopped.
+#[must_use = "dropping it stops the trace export"]
+#[derive(Debug)]
+pub struct Telemetry {
+    traces: SdkTracerProvider,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Err(err) = self.traces.shutdown_with_timeout(Duration::from_secs(5)) {
+            tracing::warn!(cause = %err, "exporting the last spans failed");
+        }
+    }
+}
+
+/// Installs the global subscriber (logs and traces) and the metrics recorder. Call once,
+/// first thing in `main`.
+pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = match std::env::var("LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") | Err(_) => false,
         Ok(other) => {
-            anyhow::bail!("invalid setting LOG_FORMAT: expected text or json, found {other:?}")
+            bail!("invalid setting LOG_FORMAT: expected text or json, found {other:?}")
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal());
-    let result = if json {
-        builder.json().flatten_event(true).try_init()
+    let logs = if json {
+        logs.json().flatten_event(true).boxed()
     } else {
-        builder.try_init()
+        logs.boxed()
     };
-    result.map_err(|err| anyhow::anyhow!("installing the log subscriber: {err}"))?;
+    let traces = tracer_provider(service)?;
+    // Spans at info and above, whatever RUST_LOG says: they carry the trace context on.
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(traces.tracer(service))
+        .with_filter(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init()
+        .map_err(|err| anyhow::anyhow!("installing the log subscriber: {err}"))?;
     // Metrics recorded before the recorder exists are lost: install it first thing too.
     crate::ops::metrics_handle();
-    tracing::info!(service, version = env!("CARGO_PKG_VERSION"), "starting");
-    Ok(())
+    tracing::info!(
+        service,
+        version = env!("CARGO_PKG_VERSION"),
+        traces = otlp_endpoint().as_deref().unwrap_or("not exported"),
+        "starting"
+    );
+    Ok(Telemetry { traces })
+}
+
+/// Where spans go: the traces endpoint, else the general one; `None` when neither is set.
+fn otlp_endpoint() -> Option<String> {
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|name| std::env::var(name).ok().filter(|value| !value.is_empty()))
+}
+
+/// The tracer provider: with an OTLP/HTTP exporter when an endpoint is set, else one that
+/// makes spans (and so trace context) without exporting them.
+fn tracer_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
+    let mut resource = Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    if otlp_endpoint().is_none() {
+        return Ok(builder.build());
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        match std::env::var(name).as_deref() {
+            Err(_) | Ok("" | "http/protobuf") => {}
+            Ok(other) => bail!(
+                "invalid setting {name}: flatpack exports traces over http/protobuf only, found {other:?}"
+            ),
+        }
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .context(
+            "invalid setting OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)",
+        )?;
+    Ok(builder.with_batch_exporter(exporter).build())
 }

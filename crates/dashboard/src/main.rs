@@ -7,7 +7,7 @@ use dashboard::DashboardSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("dashboard")?;
+    let _telemetry = common::telemetry::init("dashboard")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = DashboardSettings::from_env()?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)

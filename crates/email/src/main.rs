@@ -6,7 +6,7 @@ use email::EmailSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("email")?;
+    let _telemetry = common::telemetry::init("email")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = EmailSettings::from_env()?;
     email::run(kafka, settings, common::shutdown::shutdown_signal()).await

@@ -13,13 +13,14 @@ use axum::{Json, Router};
 use common::events::{
     Email, Id, Order, OrderDetails, SCHEMA_VERSION, decode_json, now_epoch_seconds,
 };
+use common::traces;
 use metrics::{counter, histogram};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::trace::TraceLayer;
-use tracing::{info, warn};
+use tracing::{Span, info, warn};
 
 use crate::AppState;
 
@@ -110,7 +111,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(count_request))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(traces::http_span))
         .with_state(state)
 }
 
@@ -185,7 +186,10 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
         warn!(order_id = %key, cause = %err, "order could not be serialised");
         ApiError::Unavailable
     })?;
-    let record = FutureRecord::to(&state.topic).key(&key).payload(&payload);
+    let record = FutureRecord::to(&state.topic)
+        .key(&key)
+        .payload(&payload)
+        .headers(traces::headers(&Span::current()));
     // The producer gives up after the publish timeout; the outer bound only guards the
     // guarantee that no request waits much longer than that.
     let send = state
@@ -193,7 +197,8 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
         .send(record, Timeout::After(state.publish_timeout));
     match tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send).await {
         Ok(Ok(delivery)) => {
-            info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, "order accepted");
+            let trace_id = traces::trace_id(&Span::current());
+            info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, %trace_id, "order accepted");
             counter!("flatpack_orders_total", "outcome" => "accepted").increment(1);
             Ok(())
         }

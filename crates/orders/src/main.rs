@@ -7,7 +7,7 @@ use orders::OrdersSettings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("orders")?;
+    let _telemetry = common::telemetry::init("orders")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = OrdersSettings::from_env()?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)

@@ -6,7 +6,7 @@ use transactions::{RulesCheck, TransactionsSettings};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    common::telemetry::init("transactions")?;
+    let _telemetry = common::telemetry::init("transactions")?;
     let kafka = KafkaSettings::from_env()?;
     let settings = TransactionsSettings::from_env()?;
     let check = RulesCheck::from_env()?;

@@ -2,6 +2,7 @@
 //! against it, and a way to read what they wrote.
 
 pub mod broker;
+pub mod jaeger;
 pub mod mailpit;
 
 use std::collections::HashMap;

@@ -36,7 +36,7 @@ use rdkafka::util::Timeout;
 use serde::de::DeserializeOwned;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, Span, debug, info, warn};
 
 use super::dead_letter::{DeadLetter, decode_or_log};
 use super::exactly_once::Output;
@@ -44,6 +44,7 @@ use super::read::{self, Start};
 use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
+use crate::traces;
 
 /// How long reading the handled keys to the end of their topic may take.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -325,6 +326,8 @@ impl<H: Handler> Work<H> {
             done: true,
         };
         let service = self.config.service;
+        let span = traces::handling_span(service, &message);
+        let _in_span = span.enter();
         let input = match decode_or_log::<H::Input>(&message, service) {
             Ok(input) => input,
             Err(problem) => {
@@ -337,7 +340,8 @@ impl<H: Handler> Work<H> {
                         counter!("flatpack_dead_letters_total", "service" => service, "topic" => work.dlq.clone()).increment(1);
                     }
                     finished
-                });
+                }
+                .instrument(span.clone()));
             }
         };
         let key = self.handler.key(&input);
@@ -350,10 +354,13 @@ impl<H: Handler> Work<H> {
             finished.key = Some(key.clone());
         }
         let work = self.clone();
-        Box::pin(async move {
-            finished.done = work.handle_and_record(&input, &key).await;
-            finished
-        })
+        Box::pin(
+            async move {
+                finished.done = work.handle_and_record(&input, &key).await;
+                finished
+            }
+            .instrument(span.clone()),
+        )
     }
 
     /// Handles one input and writes its records; `false` when the loop was stopped first.
@@ -364,11 +371,13 @@ impl<H: Handler> Work<H> {
             info!(service = config.service, key = %key, "stopped before it was handled; not committed");
             return false;
         };
+        let headers = traces::headers(&Span::current());
         for output in &outputs {
             let record = || {
                 let record = FutureRecord::to(&output.topic)
                     .key(output.key.as_str())
-                    .payload(output.payload.as_slice());
+                    .payload(output.payload.as_slice())
+                    .headers(headers.clone());
                 match output.partition {
                     Some(partition) => record.partition(partition),
                     None => record,

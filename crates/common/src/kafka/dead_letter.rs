@@ -5,9 +5,10 @@
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, FutureRecord};
 use serde::de::DeserializeOwned;
-use tracing::warn;
+use tracing::{Span, warn};
 
 use crate::events::{DecodeError, decode_json};
+use crate::traces;
 
 /// Header names on a dead-lettered message, saying why and where from.
 pub mod dlq_headers {
@@ -65,6 +66,8 @@ impl<'a> DeadLetter<'a> {
                 key: dlq_headers::SERVICE,
                 value: Some(service),
             });
+        // The trace goes on with the dead letter (and with its replay).
+        let headers = traces::add_headers(headers, &Span::current());
         Self {
             topic: dlq,
             key: message.key().and_then(|k| std::str::from_utf8(k).ok()),

@@ -44,6 +44,7 @@ use super::{COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::kafka;
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
+use crate::traces;
 
 /// How long a blocking transactional call may take before it counts as failed.
 const TXN_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -493,6 +494,8 @@ fn process_batch<T: Transform>(
             continue;
         }
         out.clear();
+        let span = traces::handling_span(config.service, message);
+        let _handling = span.enter();
         let from = Source {
             partition: message.partition(),
             key: message.key(),
@@ -509,10 +512,12 @@ fn process_batch<T: Transform>(
             send(producer, dead.base_record())?;
             dead_letters += 1;
         }
+        let headers = traces::headers(&span);
         for output in out.iter() {
             let record = BaseRecord::to(&output.topic)
                 .key(output.key.as_str())
-                .payload(output.payload.as_slice());
+                .payload(output.payload.as_slice())
+                .headers(headers.clone());
             let record = match output.partition {
                 Some(partition) => record.partition(partition),
                 None => record,
