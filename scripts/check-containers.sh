@@ -226,10 +226,10 @@ main() {
   # cannot make.
   check_services "kafka" -f docker-compose-kafka.yml
   check_services "kafka kafka-ui" -f docker-compose-kafka.yml --profile ui
-  check_services "kafka mailpit $services" -f docker-compose.yml
-  check_services "kafka kafka-ui mailpit $services" -f docker-compose.yml --profile ui
-  check_services "kafka kafka-2 kafka-3 mailpit $services" -f docker-compose-cluster.yml
-  check_services "kafka kafka-2 kafka-3 kafka-ui mailpit $services" -f docker-compose-cluster.yml --profile ui
+  check_services "kafka mailpit jaeger prometheus $services" -f docker-compose.yml
+  check_services "kafka kafka-ui mailpit jaeger prometheus $services" -f docker-compose.yml --profile ui
+  check_services "kafka kafka-2 kafka-3 mailpit jaeger prometheus $services" -f docker-compose-cluster.yml
+  check_services "kafka kafka-2 kafka-3 kafka-ui mailpit jaeger prometheus $services" -f docker-compose-cluster.yml --profile ui
   check_targets -f docker-compose.yml
   check_targets -f docker-compose-cluster.yml
 

@@ -234,33 +234,62 @@ build_kafka() { # <image> <debian-image>
     -v "$libs:/mnt/kafka-libs:ro"
 }
 
-build_mailpit() { # <image> <debian-image>
-  local image="$1" version="${1#*:}" recipe bin ctx
-  MAILPIT_VERSION="$version" "$SCRIPT_DIR/mailpit.sh" fetch >&2 || fp_die "building Mailpit $version failed"
-  bin="$(fp_cache_dir)/bin/mailpit"
-  [[ "$("$bin" version 2>/dev/null)" == *" $version "* ]] || fp_die "$bin is not Mailpit $version"
-  recipe="$(recipe_of "$(image_id "$2") $version" "$bin" "$STAND_INS/mailpit")"
+# A stand-in whose one program is a binary built on this machine, copied into <dir>'s
+# Containerfile (which gets the image's tag as VERSION).
+build_from_binary() { # <image> <debian-image> <dir> <binary>
+  local image="$1" version="${1##*:}" recipe ctx
+  recipe="$(recipe_of "$(image_id "$2") $version" "$4" "$3")"
   image_current "$image" "$recipe" && return 0
-  ctx="$(fp_mktemp_dir flatpack-mailpit-image)"
-  cp -- "$STAND_INS/mailpit/Containerfile" "$bin" "$ctx/"
-  podman_build "$image" "$ctx" "$recipe" --build-arg MAILPIT_VERSION="$version"
+  ctx="$(fp_mktemp_dir flatpack-image)"
+  cp -- "$3/Containerfile" "$4" "$ctx/"
+  podman_build "$image" "$ctx" "$recipe" --build-arg VERSION="$version"
   rm -rf -- "$ctx"
 }
 
+build_mailpit() { # <image> <debian-image>
+  local version="${1##*:}" bin
+  MAILPIT_VERSION="$version" "$SCRIPT_DIR/mailpit.sh" fetch >&2 || fp_die "building Mailpit $version failed"
+  bin="$(fp_cache_dir)/bin/mailpit"
+  [[ "$("$bin" version 2>/dev/null)" == *" $version "* ]] || fp_die "$bin is not Mailpit $version"
+  build_from_binary "$1" "$2" "$STAND_INS/mailpit" "$bin"
+}
+
+# jaegertracing/jaeger:2.M.P and prom/prometheus:v3.M.P are built from Go modules versioned
+# v1.(M+63).P and v0.3MM.P.
+build_jaeger() { # <image> <debian-image>
+  local version="${1##*:}" out
+  [[ "$version" =~ ^2\.([0-9]+)\.([0-9]+)$ ]] || fp_die "no Go module version known for $1"
+  out="$(JAEGER_VERSION="v1.$((BASH_REMATCH[1] + 63)).${BASH_REMATCH[2]}" "$SCRIPT_DIR/go-tool.sh" jaeger)" ||
+    fp_die "building Jaeger for $1 failed"
+  build_from_binary "$1" "$2" "$STAND_INS/jaeger" "${out#JAEGER=}"
+}
+
+build_prometheus() { # <image> <debian-image>
+  local version="${1##*:}" out
+  [[ "$version" =~ ^v3\.([0-9]+)\.([0-9]+)$ ]] || fp_die "no Go module version known for $1"
+  out="$(PROMETHEUS_VERSION="$(printf 'v0.3%02d.%s' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}")" \
+    "$SCRIPT_DIR/go-tool.sh" prometheus)" || fp_die "building Prometheus for $1 failed"
+  build_from_binary "$1" "$2" "$STAND_INS/prometheus" "${out#PROMETHEUS=}"
+}
+
 cmd_images() {
-  local start=$SECONDS debian rust kafka mailpit
+  local start=$SECONDS debian rust kafka mailpit jaeger prometheus
   cmd_install
   debian="debian:$(dockerfile_arg DEBIAN_RELEASE)-slim"
   rust="rust:$(dockerfile_arg RUST_VERSION)-$(dockerfile_arg DEBIAN_RELEASE)"
   kafka="$(compose_image docker-compose-kafka.yml apache/kafka)"
   mailpit="$(compose_image docker-compose-services.yml axllent/mailpit)"
+  jaeger="$(compose_image docker-compose-services.yml jaegertracing/jaeger)"
+  prometheus="$(compose_image docker-compose-services.yml prom/prometheus)"
   build_debian "$debian"
   build_rust "$rust" "$debian"
   build_kafka "$kafka" "$debian"
   build_mailpit "$mailpit" "$debian"
+  build_jaeger "$jaeger" "$debian"
+  build_prometheus "$prometheus" "$debian"
   # Stand-ins replaced by a rebuild are left untagged: drop them.
   podman image prune -f --filter "label=$STAND_IN_LABEL" >/dev/null 2>&1 || true
-  fp_log "stand-in images ready in $((SECONDS - start))s: $debian $rust $kafka $mailpit"
+  fp_log "stand-in images ready in $((SECONDS - start))s: $debian $rust $kafka $mailpit $jaeger $prometheus"
 }
 
 # ---------------------------------------------------------------- healthchecks

@@ -105,7 +105,7 @@ supervisor_ok || fp_with_lock "$venv.lock" supervisor_install_locked
 # Fetch and build now, in view, rather than inside the supervised programs.
 "$here/kafka.sh" fetch
 "$here/mailpit.sh" fetch
-jaeger=$("$here/jaeger.sh")
+jaeger=$("$here/go-tool.sh" jaeger)
 jaeger=${jaeger#JAEGER=}
 
 # Every program gets SIGKILL when supervisord dies, whatever killed it.

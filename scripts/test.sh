@@ -6,7 +6,7 @@
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
 # MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Debian's chromium
 # is installed (scripts/chromium.sh) unless CHROMIUM names a browser, and Jaeger is built
-# (scripts/jaeger.sh) unless JAEGER names one.
+# (scripts/go-tool.sh) unless JAEGER names one.
 # Then the containers (scripts/containers.sh: podman serving the Docker API, local stand-in
 # images where no registry can be reached): the system tests' testcontainers path once, and
 # the compose files run for real (tests/containers). FLATPACK_SKIP_CONTAINERS=1 leaves them
@@ -106,7 +106,7 @@ echo "Chromium: $CHROMIUM" >&2
 
 if [ -z "${JAEGER:-}" ]; then
   step "Jaeger for the trace tests (built from its Go module once, then cached)"
-  out=$("$here/jaeger.sh")
+  out=$("$here/go-tool.sh" jaeger)
   fp_export_lines "$out"
 fi
 echo "Jaeger: $JAEGER" >&2

@@ -1,7 +1,8 @@
 //! Container tests: the repository's compose files run for real in a container engine, as
 //! a user with Docker runs them (`docker compose up --build`), and checked from the host the
 //! way that user would: orders posted to `localhost:5002`, the e-mails in Mailpit's API, the
-//! figures in the dashboard's API.
+//! figures in the dashboard's API, each order's trace in Jaeger's, every service scraped by
+//! Prometheus.
 //!
 //! Needs `DOCKER_HOST` naming a Docker API and the stand-in images on machines that cannot
 //! pull (`scripts/containers.sh`; `scripts/test.sh` runs this target with both). Not part
@@ -25,6 +26,8 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const ORDERS: &str = "http://localhost:5002";
 const DASHBOARD: &str = "http://localhost:8000";
 const MAILPIT: &str = "http://localhost:8025";
+const JAEGER: &str = "http://localhost:16686";
+const PROMETHEUS: &str = "http://localhost:9090";
 
 /// The first `up --build` builds the toolchain layers and five release binaries.
 const BUILD_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -237,6 +240,67 @@ async fn assert_all_through(client: &reqwest::Client, orders: &[TestOrder]) {
     );
 }
 
+/// Prometheus scrapes every service, and each answers.
+async fn assert_scraped(client: &reqwest::Client) {
+    let want: BTreeSet<String> = SERVICES.iter().map(|s| (*s).to_owned()).collect();
+    eventually(
+        "Prometheus to scrape every service successfully",
+        UP_LIMIT,
+        || async {
+            let targets = get_json(client, &format!("{PROMETHEUS}/api/v1/targets")).await?;
+            let up: BTreeSet<String> = targets["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["health"] == "up")
+                .filter_map(|t| t["labels"]["service"].as_str().map(str::to_owned))
+                .collect();
+            (up == want).then_some(())
+        },
+    )
+    .await;
+    // And what it scraped is flatpack's: the orders the test posted were counted.
+    eventually(
+        "flatpack_orders_total in Prometheus",
+        PIPELINE_LIMIT,
+        || async {
+            let url = format!("{PROMETHEUS}/api/v1/query?query=flatpack_orders_total");
+            let answer = get_json(client, &url).await?;
+            (!answer["data"]["result"].as_array()?.is_empty()).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Jaeger holds the trace of `order`: spans of all four services that handle an order.
+async fn assert_traced(client: &reqwest::Client, order: &TestOrder) {
+    eventually(
+        "one trace through orders, transactions, email and analytics in Jaeger",
+        PIPELINE_LIMIT,
+        || async {
+            let url = format!("{JAEGER}/api/traces?service=orders&limit=100");
+            let answer = get_json(client, &url).await?;
+            answer["data"].as_array()?.iter().find_map(|trace| {
+                let tagged = trace["spans"].as_array()?.iter().any(|span| {
+                    span["tags"].as_array().into_iter().flatten().any(|tag| {
+                        tag["key"] == "messaging.kafka.message.key"
+                            && tag["value"] == order.id.as_str()
+                    })
+                });
+                let services: BTreeSet<&str> = trace["processes"]
+                    .as_object()?
+                    .values()
+                    .filter_map(|p| p["serviceName"].as_str())
+                    .collect();
+                let whole = ["orders", "transactions", "email", "analytics"]
+                    .iter()
+                    .all(|s| services.contains(s));
+                (tagged && whole).then_some(())
+            })
+        },
+    )
+    .await;
+}
+
 /// Every container with a healthcheck is healthy, and those are exactly `want`.
 async fn assert_healthy(project: &Project, want: &[&str]) {
     let (healthy, all) = eventually(
@@ -283,14 +347,27 @@ async fn compose_up_builds_the_services_and_serves_orders_end_to_end() {
         post_until_accepted(&client, order, Duration::from_secs(60)).await;
     }
     assert_all_through(&client, &orders).await;
+    assert_traced(&client, &orders[0]).await;
+    assert_scraped(&client).await;
 
-    assert_healthy(&project, &["dashboard", "kafka", "mailpit", "orders"]).await;
+    assert_healthy(
+        &project,
+        &[
+            "dashboard",
+            "jaeger",
+            "kafka",
+            "mailpit",
+            "orders",
+            "prometheus",
+        ],
+    )
+    .await;
     let running: BTreeSet<String> = project
         .containers()
         .iter()
         .map(|c| c["Service"].as_str().unwrap_or_default().to_owned())
         .collect();
-    let want: BTreeSet<String> = ["kafka", "mailpit"]
+    let want: BTreeSet<String> = ["kafka", "mailpit", "jaeger", "prometheus"]
         .into_iter()
         .chain(SERVICES)
         .map(str::to_owned)
@@ -329,11 +406,13 @@ async fn cluster_loses_no_accepted_order_when_a_broker_is_killed() {
         &project,
         &[
             "dashboard",
+            "jaeger",
             "kafka",
             "kafka-2",
             "kafka-3",
             "mailpit",
             "orders",
+            "prometheus",
         ],
     )
     .await;
