@@ -186,6 +186,33 @@ def main():
                 + f"   of {100 * (c.get('cores') or 0)}")
         print()
 
+    # What metrics and traces cost: the services' CPU per accepted order in the fixed-rate
+    # run without both and with both at work.
+    telemetry = {}
+    services_cpu = ["orders", "transactions", "analytics", "email", "dashboard"]
+    for variant in ("off", "on"):
+        report = load(out, f"telemetry-{variant}")
+        c = next((c for c in cpu if c["step"] == f"telemetry-{variant}"), None)
+        accepted = get(report, "accepted")
+        if c and accepted:
+            procs = c.get("process_pct") or {}
+            per = {n: procs.get(n, 0) * c["wall_ms"] * 10 / accepted for n in services_cpu}
+            telemetry[variant] = {"us_per_order": per, "total": sum(per.values()),
+                                  "accepted": accepted, "clean": clean(report)}
+    if telemetry:
+        print(f"  {'CPU µs per order at ' + fmt(machine.get('rate')) + '/s':<34}"
+              + "".join(f"{n[:8]:>9}" for n in services_cpu) + f"{'total':>9}")
+        for variant, label in (("off", "no metrics, no traces"), ("on", "metrics + traces")):
+            t = telemetry.get(variant)
+            if t:
+                print(f"  {label:<34}" + "".join(f"{t['us_per_order'][n]:>9.1f}" for n in services_cpu)
+                      + f"{t['total']:>9.1f}   {t['accepted']} orders" + ("" if t["clean"] else ", NOT CLEAN"))
+        if "off" in telemetry and "on" in telemetry and telemetry["off"]["total"] > 0:
+            cost = telemetry["on"]["total"] / telemetry["off"]["total"] - 1
+            telemetry["cost"] = cost
+            print(f"  {'cost of metrics + traces':<34}{100 * cost:>+54.1f} %   target ≤ +10 %")
+        print()
+
     summary = {
         "machine": machine,
         "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
@@ -195,6 +222,7 @@ def main():
         "email_stage_in_max_run_per_second": email_rate,
         "services": per_service,
         "cpu": cpu,
+        "telemetry": telemetry,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -34,6 +34,10 @@ both started here and stopped on exit:
      flatpack-max     the five services, HTTP load as fast as it goes, every order followed
                       to order_confirmed, order_email_sent and analytics_result
      flatpack-rate    the same at a fixed --rate (default 1000 orders/s)
+     telemetry        what metrics and traces cost: the fixed-rate run twice, once with
+                      FLATPACK_METRICS=off and OTEL_SDK_DISABLED=true, once with every span
+                      exported to a Jaeger and every /metrics scraped every 5 s; the
+                      report compares the services' CPU per order
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
 Each step writes <step>.json into the output dir (and its processes' logs into logs/);
@@ -55,8 +59,8 @@ Options:
   --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
                          raw-broker, mailpit, seed-ingest, seed-pipeline, flatpack-ingest,
-                         flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate
-                         (default: all)
+                         flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
+                         telemetry (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -69,7 +73,7 @@ TXT
 
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate"
+all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -334,11 +338,13 @@ start_flatpack() { # <step> <service...>
   local step=$1 name probe; shift
   orders_addr=127.0.0.1:$(fp_free_ports 1)
   dashboard_addr=127.0.0.1:$(fp_free_ports 1)
+  mapfile -t ops_addrs < <(fp_free_ports 3 | sed 's/^/127.0.0.1:/')
   svc_pid=() svc_ready=()
   for name in "$@"; do
     start "$step-$name" env FLATPACK_TOPIC_PREFIX="bench.$step." \
       ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
-      TRANSACTIONS_INSTANCE_ID="bench-$step" "$bin/$name"
+      TRANSACTIONS_OPS_ADDR="${ops_addrs[0]}" ANALYTICS_OPS_ADDR="${ops_addrs[1]}" \
+      EMAIL_OPS_ADDR="${ops_addrs[2]}" TRANSACTIONS_INSTANCE_ID="bench-$step" "$bin/$name"
     svc_pid[$name]=$started_pid
     case "$name" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
@@ -401,6 +407,41 @@ if wants flatpack-rate; then
     --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
   cpu_end flatpack-rate
   stop_flatpack flatpack-rate
+fi
+
+# What metrics and traces cost: the fixed-rate run with neither, then with both at work
+# (every span exported to a Jaeger, every /metrics scraped every 5 s as Prometheus would).
+if wants telemetry; then
+  jaeger=$("$here/go-tool.sh" jaeger)
+  jaeger_otlp=127.0.0.1:$(fp_free_ports 1) jaeger_ui=127.0.0.1:$(fp_free_ports 1)
+  start jaeger env JAEGER_OTLP_HTTP_ADDR="$jaeger_otlp" JAEGER_UI_ADDR="$jaeger_ui" \
+    JAEGER_QUERY_GRPC_ADDR="127.0.0.1:$(fp_free_ports 1)" "${jaeger#JAEGER=}" --config "$here/jaeger/local.yaml"
+  jaeger_pid=$started_pid
+  wait_ready jaeger "$jaeger_pid" "$started_ns" 60 http_answers "http://$jaeger_ui/api/services" >/dev/null
+  for variant in off on; do
+    if [[ $variant == off ]]; then
+      export FLATPACK_METRICS=off OTEL_SDK_DISABLED=true
+      unset OTEL_EXPORTER_OTLP_ENDPOINT
+    else
+      export FLATPACK_METRICS=on OTEL_SDK_DISABLED=false OTEL_EXPORTER_OTLP_ENDPOINT=http://$jaeger_otlp
+    fi
+    start_flatpack "telemetry-$variant" "${all[@]}"
+    scraper=""
+    if [[ $variant == on ]]; then
+      # shellcheck disable=SC2016 # expanded by the inner bash
+      start "telemetry-scraper" bash -c 'while :; do for a in "$@"; do curl -sS -o /dev/null "http://$a/metrics"; done; sleep 5; done' \
+        scrape "$orders_addr" "$dashboard_addr" "${ops_addrs[@]}"
+      scraper=$started_pid
+    fi
+    cpu_begin
+    FLATPACK_TOPIC_PREFIX="bench.telemetry-$variant." loadgen "telemetry-$variant" --url "http://$orders_addr" \
+      --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
+    cpu_end "telemetry-$variant"
+    [[ -z $scraper ]] || stop_group "$scraper"
+    stop_flatpack "telemetry-$variant"
+  done
+  unset FLATPACK_METRICS OTEL_SDK_DISABLED OTEL_EXPORTER_OTLP_ENDPOINT
+  stop_group "$jaeger_pid"
 fi
 
 # --- 5. services, summary ------------------------------------------------------------------

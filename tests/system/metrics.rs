@@ -251,3 +251,38 @@ async fn the_dashboard_flags_stuck_orders_and_shows_each_stages_lag() {
     assert!(dashboard.terminate(Duration::from_secs(30)).success());
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_can_be_turned_off_and_a_bad_switch_is_named() {
+    let env = test_env!();
+    let ops_addr = free_addr();
+    let mut vars = env.service_vars();
+    vars.push(("TRANSACTIONS_INSTANCE_ID".into(), "metrics-off".into()));
+    vars.push(("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()));
+    vars.push(("FLATPACK_METRICS".into(), "off".into()));
+    let transactions = ServiceProcess::start("transactions", &vars);
+    let ops_url = format!("http://{ops_addr}");
+    scrape_until(
+        &format!("{ops_url}/healthz"),
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await;
+    let (status, body) = get(&format!("{ops_url}/metrics")).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("FLATPACK_METRICS=off"), "{body}");
+    drop(transactions);
+
+    let mut vars = env.service_vars();
+    vars.push(("FLATPACK_METRICS".into(), "sometimes".into()));
+    let output = std::process::Command::new(crate::helpers::binary("transactions"))
+        .envs(vars)
+        .output()
+        .expect("running transactions");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("invalid setting FLATPACK_METRICS"),
+        "{stderr}"
+    );
+}

@@ -39,11 +39,22 @@ const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
 ];
 
-/// The process's Prometheus recorder, installed on first use.
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The process's Prometheus recorder, installed on first use (or by [`install_metrics`]);
+/// `None` when metrics are off.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    install_metrics(true)
+}
+
+/// Installs the process's metrics recorder once, or, with `enabled` false (the
+/// `FLATPACK_METRICS=off` of [`crate::telemetry`]), none: every metric is then a no-op and
+/// `/metrics` answers `404`. Later calls return what the first one installed.
+pub fn install_metrics(enabled: bool) -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            if !enabled {
+                return None;
+            }
             let builder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .and_then(|b| {
@@ -58,7 +69,7 @@ pub fn metrics_handle() -> PrometheusHandle {
             // A recorder installed before (a test that runs several services in one
             // process) keeps recording; this handle then renders what it holds.
             let _ = metrics::set_global_recorder(recorder);
-            handle
+            Some(handle)
         })
         .clone()
 }
@@ -79,11 +90,18 @@ pub fn broker_readiness(settings: &KafkaSettings, topic: String) -> anyhow::Resu
 
 /// `GET /metrics`, for a service's own router.
 pub async fn metrics() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics_handle().render(),
-    )
-        .into_response()
+    match metrics_handle() {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "metrics are off (FLATPACK_METRICS=off)" })),
+        )
+            .into_response(),
+    }
 }
 
 /// `/metrics`, `/healthz` and `/readyz` for a service without an HTTP API of its own.

@@ -10,7 +10,8 @@
 //! `OTEL_SERVICE_NAME` says otherwise; the other standard `OTEL_*` variables apply
 //! (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...). Without an
 //! endpoint nothing is exported, but the spans and the trace context on every Kafka record
-//! are there all the same.
+//! are there all the same. `OTEL_SDK_DISABLED=true` turns traces off altogether, and
+//! `FLATPACK_METRICS=off` the metrics (for measuring what they cost).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -60,25 +61,44 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     } else {
         logs.boxed()
     };
+    let metrics = match std::env::var("FLATPACK_METRICS").as_deref() {
+        Ok("on") | Err(_) => true,
+        Ok("off") => false,
+        Ok(other) => bail!("invalid setting FLATPACK_METRICS: expected on or off, found {other:?}"),
+    };
     let traces = tracer_provider(service)?;
     // Spans at info and above, whatever RUST_LOG says: they carry the trace context on.
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(traces.tracer(service))
-        .with_filter(LevelFilter::INFO);
+    // None at all with OTEL_SDK_DISABLED=true (then no record carries trace context).
+    let spans = (!sdk_disabled()).then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(traces.tracer(service))
+            .with_filter(LevelFilter::INFO)
+    });
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(spans)
         .try_init()
         .map_err(|err| anyhow::anyhow!("installing the log subscriber: {err}"))?;
     // Metrics recorded before the recorder exists are lost: install it first thing too.
-    crate::ops::metrics_handle();
+    crate::ops::install_metrics(metrics);
+    let traces_to = match otlp_endpoint() {
+        _ if sdk_disabled() => "off".to_owned(),
+        Some(endpoint) => endpoint,
+        None => "not exported".to_owned(),
+    };
     tracing::info!(
         service,
         version = env!("CARGO_PKG_VERSION"),
-        traces = otlp_endpoint().as_deref().unwrap_or("not exported"),
+        traces = %traces_to,
+        metrics = if metrics { "on" } else { "off" },
         "starting"
     );
     Ok(Telemetry { traces })
+}
+
+/// `OTEL_SDK_DISABLED=true`: no spans, no trace context, nothing exported.
+fn sdk_disabled() -> bool {
+    std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
 
 /// Where spans go: the traces endpoint, else the general one; `None` when neither is set.
@@ -99,7 +119,7 @@ fn tracer_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
         resource = resource.with_service_name(service);
     }
     let builder = SdkTracerProvider::builder().with_resource(resource.build());
-    if otlp_endpoint().is_none() {
+    if otlp_endpoint().is_none() || sdk_disabled() {
         return Ok(builder.build());
     }
     for name in [
