@@ -391,7 +391,7 @@ pub struct ServiceProcess {
 
 /// Path of a service binary: in `FLATPACK_BIN_DIR` when set (to run the tests against other
 /// builds), else next to this test binary (`target/<profile>/<name>`).
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("FLATPACK_BIN_DIR") {
         let path = PathBuf::from(dir).join(name);
         assert!(path.exists(), "{} is missing", path.display());
