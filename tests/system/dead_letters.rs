@@ -177,6 +177,7 @@ async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() 
         json!("order_details.price: must not be negative")
     );
     assert_eq!(poison_entry["source"]["topic"], json!(source));
+    assert_eq!(poison_entry["source"]["offset"], json!(0));
     assert_eq!(poison_entry["service"], json!("transactions"));
 
     // show: the headers and the payload, pretty.
@@ -310,6 +311,14 @@ async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() 
         "{listed}"
     );
     assert_eq!(listed.matches("  replayed=yes  ").count(), 2, "{listed}");
+    let shown = succeeded(&flatpack(&env, &["dead-letters", "show", &dlq, &poison_at]).await);
+    let record = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("replayed:  yes "))
+        .expect("show says it was replayed");
+    let record: Value = serde_json::from_str(record).expect("the replay record is JSON");
+    assert_eq!(record["to_topic"], json!(source));
+    assert_eq!(record["payload_replaced"], json!(true));
 
     service.stop().await.unwrap();
     env.cleanup().await;

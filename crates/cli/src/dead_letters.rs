@@ -176,6 +176,12 @@ impl Letter {
             .map(|value| String::from_utf8_lossy(value).into_owned())
     }
 
+    /// Header `name` as a number; `None` when it is missing or not one (the headers, as they
+    /// are, are listed too).
+    fn number(&self, name: &str) -> Option<i64> {
+        self.header(name).and_then(|value| value.parse().ok())
+    }
+
     fn key_text(&self) -> Option<String> {
         self.key
             .as_deref()
@@ -401,8 +407,8 @@ fn list(
                     "service": letter.header(dlq_headers::SERVICE),
                     "source": {
                         "topic": letter.header(dlq_headers::TOPIC),
-                        "partition": letter.header(dlq_headers::PARTITION),
-                        "offset": letter.header(dlq_headers::OFFSET),
+                        "partition": letter.number(dlq_headers::PARTITION),
+                        "offset": letter.number(dlq_headers::OFFSET),
                     },
                     "replayed": replayed.get(&replay_key(topic, letter.position)),
                     "headers": headers,
@@ -741,6 +747,92 @@ mod tests {
         assert_eq!(
             replay_key("t1_order_details.dlq", position),
             "t1_order_details.dlq/1/4"
+        );
+    }
+
+    fn letter(partition: i32, offset: i64) -> Letter {
+        Letter {
+            position: Position { partition, offset },
+            timestamp_ms: Some(0),
+            key: None,
+            payload: Some(b"{}".to_vec()),
+            headers: vec![(dlq_headers::TOPIC.into(), Some(b"order_details".to_vec()))],
+        }
+    }
+
+    fn topic() -> DeadLetters {
+        DeadLetters {
+            topic: "order_details.dlq".into(),
+            partitions: vec![0, 1, 2],
+            letters: vec![letter(0, 0), letter(0, 1), letter(0, 4), letter(2, 7)],
+        }
+    }
+
+    fn args(all: bool, offset: Option<&str>, from: Option<&str>, to: Option<&str>) -> ReplayArgs {
+        let position = |p: Option<&str>| p.map(|p| p.parse::<Position>().unwrap());
+        ReplayArgs {
+            topic: "order_details.dlq".into(),
+            all,
+            offset: position(offset),
+            from: position(from),
+            to: position(to),
+            payload_file: None,
+        }
+    }
+
+    fn chosen(args: &ReplayArgs) -> Result<Vec<String>, String> {
+        let topic = topic();
+        topic
+            .choose(args)
+            .map(|letters| letters.iter().map(|l| l.position.to_string()).collect())
+            .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn replay_chooses_all_one_or_a_range_of_one_partition() {
+        assert_eq!(
+            chosen(&args(true, None, None, None)).unwrap(),
+            ["0:0", "0:1", "0:4", "2:7"]
+        );
+        assert_eq!(
+            chosen(&args(false, Some("0:4"), None, None)).unwrap(),
+            ["0:4"]
+        );
+        assert_eq!(
+            chosen(&args(false, None, Some("0:1"), Some("0:9"))).unwrap(),
+            ["0:1", "0:4"]
+        );
+        assert_eq!(
+            chosen(&args(false, None, Some("2:7"), Some("2:7"))).unwrap(),
+            ["2:7"]
+        );
+    }
+
+    #[test]
+    fn replay_names_what_the_topic_does_not_hold() {
+        assert_eq!(
+            chosen(&args(false, Some("0:2"), None, None)).unwrap_err(),
+            "order_details.dlq has no message at 0:2 (partition 0 holds offsets 0 to 4)"
+        );
+        assert_eq!(
+            chosen(&args(false, Some("1:0"), None, None)).unwrap_err(),
+            "order_details.dlq has no message at 1:0 (partition 1 holds no messages)"
+        );
+        assert_eq!(
+            chosen(&args(false, Some("3:0"), None, None)).unwrap_err(),
+            "order_details.dlq has no partition 3 (its partitions: 0, 1, 2)"
+        );
+        assert_eq!(
+            chosen(&args(false, None, Some("2:0"), Some("2:6"))).unwrap_err(),
+            "order_details.dlq has no message from 2:0 to 2:6 (partition 2 holds offsets 7 to 7)"
+        );
+        assert_eq!(
+            chosen(&args(false, None, Some("0:4"), Some("0:1"))).unwrap_err(),
+            "--from 0:4 comes after --to 0:1"
+        );
+        assert_eq!(
+            chosen(&args(false, None, Some("0:0"), Some("2:7"))).unwrap_err(),
+            "--from 0:0 and --to 2:7 must be in the same partition"
         );
     }
 
