@@ -451,3 +451,53 @@ async fn dead_letter_commands_refuse_bad_requests_naming_the_problem_and_write_n
     let _ = std::fs::remove_file(not_json);
     let _ = std::fs::remove_file(json_file);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_replays_of_the_same_dead_letters_write_each_once() {
+    let env = test_env!();
+    let source = env.topic(Topic::OrderDetails);
+    let dlq = env.dlq(Topic::OrderDetails);
+    env.create_topics(&[source.clone(), dlq.clone()]).await;
+    for (offset, id) in [("0", 701), ("1", 702)] {
+        let payload = order(id, 10).to_string();
+        let headers = dead_letter_headers(&source, offset);
+        produce_to(&env, &dlq, 0, &id.to_string(), payload.as_bytes(), &headers).await;
+    }
+
+    // Act: three operators replay everything at once.
+    let replay_all = ["dead-letters", "replay", dlq.as_str(), "--all"];
+    let runs = futures::future::join_all((0..3).map(|_| flatpack(&env, &replay_all))).await;
+
+    // Assert: one replay wrote both; the others found them replayed, or were fenced by a
+    // newer one and wrote nothing.
+    let mut writers = 0;
+    for run in &runs {
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        if stdout.ends_with("2 replayed, 0 already replayed before\n") {
+            writers += 1;
+        } else {
+            assert!(
+                stdout.ends_with("0 replayed, 2 already replayed before\n")
+                    || (run.status.code() == Some(1) && stderr.contains("nothing was replayed")),
+                "stdout:\n{stdout}\nstderr:\n{stderr}"
+            );
+        }
+    }
+    assert_eq!(writers, 1, "{runs:?}");
+    let mut orders = env.reader(&source);
+    let written = orders.read_at_least(2, Duration::from_secs(30)).to_vec();
+    let mut ids: Vec<String> = written
+        .iter()
+        .map(|r| r.json()["order_id"].to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["701", "702"]);
+    let last = succeeded(&flatpack(&env, &["dead-letters", "replay", &dlq, "--all"]).await);
+    assert!(
+        last.ends_with("0 replayed, 2 already replayed before\n"),
+        "{last}"
+    );
+
+    env.cleanup().await;
+}
