@@ -474,12 +474,14 @@ async fn concurrent_replays_of_the_same_dead_letters_write_each_once() {
     for run in &runs {
         let stdout = String::from_utf8_lossy(&run.stdout);
         let stderr = String::from_utf8_lossy(&run.stderr);
+        eprintln!("a replay said: {stdout}{stderr}");
         if stdout.ends_with("2 replayed, 0 already replayed before\n") {
             writers += 1;
         } else {
             assert!(
                 stdout.ends_with("0 replayed, 2 already replayed before\n")
-                    || (run.status.code() == Some(1) && stderr.contains("nothing was replayed")),
+                    || (run.status.code() == Some(1)
+                        && stderr.contains("nothing was replayed by this one")),
                 "stdout:\n{stdout}\nstderr:\n{stderr}"
             );
         }

@@ -610,8 +610,20 @@ fn replay(settings: &KafkaSettings, args: &ReplayArgs, out: &mut dyn Write) -> a
             .begin_transaction()
             .context("beginning the replay's transaction")?;
         if let Err(err) = write_replays(&producer, topic, &replayed_topic, &todo) {
-            let _ = producer.abort_transaction(TIMEOUT);
-            return Err(err.context("replaying: the transaction was aborted, nothing was replayed"));
+            if fenced(&err) {
+                return Err(err.context(format!(
+                    "replaying: another replay of {topic} started meanwhile and took over; \
+                     its start aborted this one's transaction, nothing was replayed by this one"
+                )));
+            }
+            // Replaying again is always safe: what did get replayed is skipped then.
+            return Err(match producer.abort_transaction(TIMEOUT) {
+                Ok(()) => err.context("replaying: the transaction was aborted, nothing was replayed"),
+                Err(abort) => err.context(format!(
+                    "replaying: whether anything was replayed is unknown (aborting failed: {abort}); \
+                     `flatpack dead-letters list {topic}` shows it, and replaying again is safe"
+                )),
+            });
         }
     }
     for replay in &todo {
@@ -634,6 +646,22 @@ fn replay(settings: &KafkaSettings, args: &ReplayArgs, out: &mut dyn Write) -> a
         already.len()
     )?;
     Ok(())
+}
+
+/// Whether `err` says that a newer producer with the same transactional id fenced ours.
+fn fenced(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|cause| cause.downcast_ref::<KafkaError>())
+        .any(|cause| {
+            matches!(
+                cause.rdkafka_error_code(),
+                Some(
+                    RDKafkaErrorCode::Fenced
+                        | RDKafkaErrorCode::ProducerFenced
+                        | RDKafkaErrorCode::InvalidProducerEpoch
+                )
+            )
+        })
 }
 
 /// Writes `replays` to their sources and their records to `replayed_topic`, and commits.
@@ -692,10 +720,17 @@ fn write_replays(
         )
         .with_context(|| format!("recording the replay of {from} on {replayed_topic}"))?;
     }
-    producer
-        .commit_transaction(TIMEOUT)
-        .context("committing the replay's transaction")?;
-    Ok(())
+    // A commit that timed out may yet succeed: it is retried, as librdkafka asks, rather
+    // than aborted.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match producer.commit_transaction(TIMEOUT) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {}
+            Err(err) => return Err(err).context("committing the replay's transaction"),
+        }
+    }
 }
 
 /// Sends `record`, waiting for room when the producer's queue is full.
