@@ -9,6 +9,7 @@
 mod analytics;
 mod compose;
 mod dashboard;
+mod dead_letters;
 mod email;
 mod helpers;
 mod loadgen;

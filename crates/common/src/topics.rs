@@ -66,6 +66,13 @@ impl Topics {
         format!("{}.dlq", self.name(topic))
     }
 
+    /// The compacted topic that records which messages of the dead-letter topic `dlq` (its
+    /// full name) were replayed to their source, keyed by `<dlq>/<partition>/<offset>`, so
+    /// that no dead letter is replayed twice.
+    pub fn replayed(&self, dlq: &str) -> String {
+        format!("{dlq}.replayed")
+    }
+
     /// The compacted topic a service keeps the state `store` in, partition by partition of
     /// its source (as Kafka Streams keeps a state store's changelog).
     pub fn changelog(&self, store: &str) -> String {
@@ -73,10 +80,12 @@ impl Topics {
     }
 
     /// Topics that keep the latest record per key for ever (compaction) rather than for a
-    /// time: the totals of `analytics_result` and every changelog.
+    /// time: the totals of `analytics_result`, every changelog and every record of replayed
+    /// dead letters.
     pub fn is_compacted(&self, name: &str) -> bool {
         name == self.name(Topic::AnalyticsResult)
-            || (name.starts_with(&self.prefix) && name.ends_with("-changelog"))
+            || (name.starts_with(&self.prefix)
+                && (name.ends_with("-changelog") || name.ends_with(".replayed")))
     }
 
     /// A consumer group or transactional id under the same namespace as the topics.
@@ -118,5 +127,9 @@ mod tests {
         assert!(topics.is_compacted("t42_transactions-decided-changelog"));
         assert!(topics.is_compacted("t42_analytics_result"));
         assert!(!topics.is_compacted("t42_order_details"));
+        let replayed = topics.replayed(&topics.dlq(Topic::OrderDetails));
+        assert_eq!(replayed, "t42_order_details.dlq.replayed");
+        assert!(topics.is_compacted(&replayed));
+        assert!(!topics.is_compacted("t42_order_details.dlq"));
     }
 }

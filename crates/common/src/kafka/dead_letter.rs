@@ -17,6 +17,9 @@ pub mod dlq_headers {
     pub const PARTITION: &str = "dlq.partition";
     pub const OFFSET: &str = "dlq.offset";
     pub const SERVICE: &str = "dlq.service";
+    /// On a message replayed from a dead-letter topic (`flatpack dead-letters replay`): the
+    /// dead letter it was, as `<dead-letter topic>/<partition>/<offset>`.
+    pub const REPLAYED_FROM: &str = "dlq.replayed-from";
 }
 
 /// Decodes a JSON message into `T`, naming the offending field on failure
