@@ -195,8 +195,8 @@ def main():
         c = next((c for c in cpu if c["step"] == f"telemetry-{variant}"), None)
         accepted = get(report, "accepted")
         if c and accepted:
-            procs = c.get("process_pct") or {}
-            per = {n: procs.get(n, 0) * c["wall_ms"] * 10 / accepted for n in services_cpu}
+            used_ms = c.get("process_cpu_ms") or {}
+            per = {n: used_ms.get(n, 0) * 1000 / accepted for n in services_cpu}
             telemetry[variant] = {"us_per_order": per, "total": sum(per.values()),
                                   "accepted": accepted, "clean": clean(report)}
     if telemetry:

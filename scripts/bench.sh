@@ -220,18 +220,20 @@ cpu_begin() {
 }
 # Appends to cpu.jsonl what each of them used since cpu_begin, in % of one core.
 cpu_end() { # <step>
-  local name now pgid args=() busy total
+  local name now pgid args=() ms='{}' busy total
   local wall_ms=$((($(now_ns) - cpu_t0) / 1000000))
   read -r busy total < <(machine_ticks)
   for name in "${!cpu_at[@]}"; do
     case "$name" in kafka) pgid=$broker_pgid ;; mailpit) pgid=$mailpit_pgid ;; *) pgid=${svc_pid[$name]} ;; esac
     now=$(group_ticks "$pgid")
     args+=(--argjson "$name" "$(((now - cpu_at[$name]) * 100000 / clk_tck / (wall_ms > 0 ? wall_ms : 1)))")
+    ms=$(jq -c --arg n "$name" --argjson v "$(((now - cpu_at[$name]) * 1000 / clk_tck))" '. + {($n): $v}' <<<"$ms")
   done
   jq -cn --arg step "$1" --argjson wall_ms "$wall_ms" --argjson cores "$(nproc)" \
     --argjson busy "$(((busy - cpu_busy0) * 100 * $(nproc) / ((total - cpu_total0) > 0 ? (total - cpu_total0) : 1)))" \
-    "${args[@]}" '{step: $step, wall_ms: $wall_ms, cores: $cores, machine_busy_pct: $busy,
-      process_pct: ($ARGS.named | del(.step, .wall_ms, .cores, .busy))}' >>"$work/cpu.jsonl"
+    --argjson cpu_ms "$ms" "${args[@]}" '{step: $step, wall_ms: $wall_ms, cores: $cores,
+      machine_busy_pct: $busy, process_pct: ($ARGS.named | del(.step, .wall_ms, .cores, .busy, .cpu_ms)),
+      process_cpu_ms: $cpu_ms}' >>"$work/cpu.jsonl"
 }
 
 # Runs loadgen; a run that reports loss or errors exits 1 but still wrote its JSON.

@@ -286,3 +286,32 @@ async fn metrics_can_be_turned_off_and_a_bad_switch_is_named() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_without_its_broker_is_alive_but_not_ready() {
+    // A port nothing listens on: the broker is away for the whole test.
+    let nowhere = free_addr();
+    let ops_addr = free_addr();
+    let vars: Vec<(String, String)> = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS".into(), nowhere),
+        ("TRANSACTIONS_INSTANCE_ID".into(), "no-broker".into()),
+        ("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()),
+    ];
+    let mut transactions = ServiceProcess::start("transactions", &vars);
+    let ops_url = format!("http://{ops_addr}");
+    scrape_until(
+        &format!("{ops_url}/healthz"),
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await;
+    let (status, body) = get(&format!("{ops_url}/readyz")).await;
+    assert_eq!(status, 503, "{body}");
+    // Still waiting, still alive, a while later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        transactions.is_running(),
+        "transactions exited without its broker"
+    );
+    assert_eq!(get(&format!("{ops_url}/healthz")).await.0, 200);
+}

@@ -20,9 +20,10 @@ use anyhow::{Context, bail};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::level_filters::LevelFilter;
+use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -68,11 +69,26 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     };
     let traces = tracer_provider(service)?;
     // Spans at info and above, whatever RUST_LOG says: they carry the trace context on.
+    // Of the log events only warnings and errors go into the spans, and no span records
+    // where in the code or on which thread it ran, nor its idle time: every order makes four
+    // spans, and what they cost is measured (scripts/bench.sh --steps telemetry).
     // None at all with OTEL_SDK_DISABLED=true (then no record carries trace context).
     let spans = (!sdk_disabled()).then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(traces.tracer(service))
-            .with_filter(LevelFilter::INFO)
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_filter(filter_fn(|meta| {
+                let level = *meta.level();
+                if meta.is_span() {
+                    level <= Level::INFO
+                } else {
+                    level <= Level::WARN
+                }
+            }))
     });
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
