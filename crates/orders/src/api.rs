@@ -200,7 +200,16 @@ async fn post_order(
         }
         _ => ApiError::BadBody,
     })?;
-    let request: OrderRequest = decode_json(&body).map_err(|err| match err.field {
+    let decoded = decode_json::<OrderRequest>(&body);
+    // serde's derive also reads a struct from a JSON array of its fields in order; the API
+    // takes only the object it documents (valid JSON of another shape is a 422 like others).
+    if !is_object(&body) && decoded.as_ref().err().is_none_or(|err| !err.syntax) {
+        return Err(ApiError::Invalid {
+            field: "body".into(),
+            problem: "invalid type: must be a JSON object".into(),
+        });
+    }
+    let request: OrderRequest = decoded.map_err(|err| match err.field {
         Some(field) if !err.syntax => ApiError::Invalid {
             field,
             problem: err.problem,
@@ -221,6 +230,11 @@ async fn post_order(
     };
     publish(&state, &order).await?;
     Ok(Json(order))
+}
+
+/// The body is a JSON object (or not JSON at all): its first non-blank byte is `{`.
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
@@ -356,6 +370,14 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(statuses, ["200", "400", "413", "415", "422", "503"]);
+    }
+
+    #[test]
+    fn only_an_object_body_is_an_object() {
+        assert!(is_object(b" \n{\"a\": 1}"));
+        assert!(!is_object(br#"[7, 1, "anna@example.com", {"price": 1}]"#));
+        assert!(!is_object(b"\"x\""));
+        assert!(!is_object(b""));
     }
 
     #[test]
