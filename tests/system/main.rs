@@ -13,6 +13,7 @@ mod email;
 mod helpers;
 mod loadgen;
 mod metrics;
+mod openapi;
 mod orders_api;
 mod scripts;
 mod transactions;
