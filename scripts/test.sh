@@ -5,8 +5,9 @@
 # Kafka is started here from the Apache Kafka jars (scripts/kafka.sh) unless
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
 # MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Debian's chromium
-# is installed (scripts/chromium.sh) unless CHROMIUM names a browser, and Jaeger is built
-# (scripts/go-tool.sh) unless JAEGER names one.
+# is installed (scripts/chromium.sh) unless CHROMIUM names a browser, Jaeger is built
+# (scripts/go-tool.sh) unless JAEGER names one, and schemathesis (scripts/schemathesis.sh)
+# unless SCHEMATHESIS names one.
 # Then the containers (scripts/containers.sh: podman serving the Docker API, local stand-in
 # images where no registry can be reached): the system tests' testcontainers path once, and
 # the compose files run for real (tests/containers). FLATPACK_SKIP_CONTAINERS=1 leaves them
@@ -110,6 +111,13 @@ if [ -z "${JAEGER:-}" ]; then
   fp_export_lines "$out"
 fi
 echo "Jaeger: $JAEGER" >&2
+
+if [ -z "${SCHEMATHESIS:-}" ]; then
+  step "schemathesis for the API contract test"
+  out=$("$here/schemathesis.sh")
+  fp_export_lines "$out"
+fi
+echo "schemathesis: $SCHEMATHESIS" >&2
 
 step "building the service binaries (the system tests start them as processes)"
 cargo build --workspace --bins --locked

@@ -18,14 +18,14 @@ use crate::helpers::{ServiceProcess, TestEnv, spawn_orders, spawn_transactions};
 use crate::test_env;
 
 /// A dashboard running in this process.
-struct Dashboard {
-    url: String,
+pub(crate) struct Dashboard {
+    pub(crate) url: String,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 /// Starts a dashboard on a free port and waits until it is ready (caught up).
-async fn spawn_dashboard(env: &TestEnv) -> Dashboard {
+pub(crate) async fn spawn_dashboard(env: &TestEnv) -> Dashboard {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let settings = dashboard::DashboardSettings::from_vars(Vec::new()).unwrap();
@@ -71,7 +71,7 @@ impl Dashboard {
         (status, response.json().await.unwrap())
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

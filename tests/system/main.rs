@@ -14,6 +14,7 @@ mod email;
 mod helpers;
 mod loadgen;
 mod metrics;
+mod openapi;
 mod orders_api;
 mod scripts;
 mod traces;

@@ -186,6 +186,13 @@ fn malformed_requests() -> Vec<(&'static str, &'static str, Vec<u8>, u16, &'stat
             "invalid type",
         ),
         (
+            "the fields as an array, in order",
+            json,
+            br#"[7, 1, "anna@example.com", {"price": 10}]"#.to_vec(),
+            422,
+            "body: invalid type: must be a JSON object",
+        ),
+        (
             "not JSON",
             json,
             b"user_id=1&order_id=2".to_vec(),

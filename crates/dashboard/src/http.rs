@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -14,12 +15,12 @@ use common::events::now_epoch_seconds;
 use common::kafka::{self, FlatpackContext};
 use futures::{Stream, StreamExt};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::reader::Shared;
-use crate::view::View;
+use crate::view::{OrderProgress, Snapshot, TotalsView, View};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -67,6 +68,42 @@ impl AppState {
     }
 }
 
+/// The dashboard's OpenAPI 3.1 document (its JSON API, the live stream and the probes),
+/// generated from the handlers and types here and served at `GET /openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "flatpack dashboard API",
+        description = "A read-only view of every order's progress through the pipeline and of \
+            the analytics totals, rebuilt from the four topics. E-mail addresses are masked."
+    ),
+    paths(orders, order, totals, events, healthz, readyz, metrics, openapi_json)
+)]
+pub struct ApiDoc;
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong.
+    pub error: String,
+}
+
+/// What `/healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// What `/readyz` answers: ready when both are true.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// The message broker answers.
+    pub broker: bool,
+    /// The view has read every topic up to where it was at start-up.
+    pub caught_up: bool,
+}
+
 /// The dashboard's routes, with the security headers on every response.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -79,7 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/totals", get(totals))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(common::ops::metrics))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         .layer(middleware::map_response(security_headers))
         .with_state(state)
@@ -119,26 +157,66 @@ async fn app_css() -> Response {
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
+    let body = ErrorBody {
+        error: message.to_owned(),
+    };
+    (status, Json(body)).into_response()
 }
 
-async fn order(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+/// One order's progress.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    params(("id" = String, Path, description = "The order id; `1001` finds the number or the string.")),
+    responses(
+        (status = 200, description = "The order.", body = OrderProgress),
+        (status = 400, description = "The id is not valid UTF-8 once percent-decoded.", body = ErrorBody),
+        (status = 404, description = "No such order in the view (yet).", body = ErrorBody),
+    )
+)]
+async fn order(State(state): State<AppState>, id: Result<Path<String>, PathRejection>) -> Response {
+    // axum's own rejection is plain text; this API answers JSON.
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::BAD_REQUEST, "the order id is not valid UTF-8");
+    };
     match state.read(|view| view.order(&id).cloned()) {
         Some(order) => Json(order).into_response(),
         None => error(StatusCode::NOT_FOUND, "no such order (yet)"),
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// The query of `GET /api/orders`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct OrdersQuery {
+    /// How many orders (default 50).
+    #[param(value_type = Option<u16>, minimum = 1, maximum = 1000)]
     limit: Option<String>,
 }
 
-async fn orders(State(state): State<AppState>, Query(query): Query<OrdersQuery>) -> Response {
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => PAGE_ORDERS,
-        Some(Ok(n)) if (1..=MAX_LIMIT).contains(&n) => n,
-        Some(_) => {
+/// The latest orders by placement time, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    params(OrdersQuery),
+    responses(
+        (status = 200, description = "The orders.", body = Vec<OrderProgress>),
+        (status = 400, description = "`limit` is not a whole number from 1 to 1000.", body = ErrorBody),
+    )
+)]
+async fn orders(
+    State(state): State<AppState>,
+    query: Result<Query<OrdersQuery>, QueryRejection>,
+) -> Response {
+    // A query axum cannot read (`limit` twice) gets the same JSON answer as a bad limit.
+    let limit = query.map(|Query(query)| query.limit);
+    let limit = match limit
+        .as_ref()
+        .map(|l| l.as_deref().map(str::parse::<usize>))
+    {
+        Ok(None) => PAGE_ORDERS,
+        Ok(Some(Ok(n))) if (1..=MAX_LIMIT).contains(&n) => n,
+        _ => {
             return error(
                 StatusCode::BAD_REQUEST,
                 &format!("limit must be a whole number between 1 and {MAX_LIMIT}"),
@@ -148,12 +226,25 @@ async fn orders(State(state): State<AppState>, Query(query): Query<OrdersQuery>)
     Json(state.read(|view| view.latest_orders(limit))).into_response()
 }
 
+/// The analytics totals (all time, today, the latest days) and the pipeline's state.
+#[utoipa::path(
+    get,
+    path = "/api/totals",
+    responses((status = 200, description = "The totals.", body = TotalsView))
+)]
 async fn totals(State(state): State<AppState>) -> Response {
     Json(state.read(|view| view.totals(now_epoch_seconds()))).into_response()
 }
 
 /// A snapshot at once, then one after every change (at most one per [`THROTTLE`]), until
 /// the client goes away or the service shuts down.
+#[utoipa::path(
+    get,
+    path = "/api/events",
+    responses((status = 200,
+        description = "Server-Sent Events: `snapshot` events whose data is a `Snapshot` as JSON.",
+        body = Snapshot, content_type = "text/event-stream"))
+)]
 async fn events(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
@@ -179,10 +270,21 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn healthz() -> Response {
-    Json(json!({ "status": "ok" })).into_response()
+/// Liveness: the process serves.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Alive)))]
+async fn healthz() -> Json<Alive> {
+    Json(Alive { status: "ok" })
 }
 
+/// Readiness: the broker answers and the view has caught up with the topics.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready.", body = Readiness),
+        (status = 503, description = "Not ready: the broker does not answer, or the view is still catching up.", body = Readiness),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let caught_up = state.shared.caught_up();
     let (probe, topic) = (Arc::clone(&state.probe), Arc::clone(&state.probe_topic));
@@ -191,10 +293,31 @@ async fn readyz(State(state): State<AppState>) -> Response {
     })
     .await
     .unwrap_or(false);
-    let body = json!({ "broker": broker, "caught_up": caught_up });
+    let body = Readiness { broker, caught_up };
     if broker && caught_up {
         Json(body).into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text exposition format.",
+        body = String, content_type = "text/plain"))
+)]
+async fn metrics() -> Response {
+    common::ops::metrics().await
+}
+
+/// This document: the dashboard API's OpenAPI 3.1 description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }

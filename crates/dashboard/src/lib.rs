@@ -26,7 +26,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-pub use http::router;
+pub use http::{ApiDoc, router};
 pub use reader::Shared;
 
 /// The dashboard's own settings (the Kafka ones are shared: [`KafkaSettings`]).

@@ -12,6 +12,7 @@ use common::{AnalyticsResult, EmailSent, Id, Money, Order, OrderDecision, Topic}
 use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 /// How many days of analytics figures the view keeps (the chart and API show fewer).
 const MAX_DAYS: usize = 400;
@@ -38,7 +39,7 @@ impl Event {
 }
 
 /// Where an order is, as a customer-service person would ask: placed, decided, e-mailed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Placed,
@@ -49,7 +50,7 @@ pub enum Stage {
 /// One order's progress through the pipeline, as the API and the page show it.
 ///
 /// Holds the masked e-mail address only: the dashboard never shows or keeps the full one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct OrderProgress {
     pub order_id: Id,
     pub user_id: Id,
@@ -58,11 +59,13 @@ pub struct OrderProgress {
     pub price: Money,
     /// The customer's `order_details` fields other than `price`, as they came (shown as
     /// text), less anything that looks like a payment credential.
+    #[schema(value_type = Object)]
     pub details: Map<String, Value>,
     pub stage: Stage,
     /// When the order was placed (`time`), epoch seconds.
     pub placed_at: f64,
     /// `pending` until the decision is seen, then `confirmed` or `declined`.
+    #[schema(value_type = String, pattern = "^(pending|confirmed|declined)$")]
     pub status: &'static str,
     pub reason: Option<String>,
     /// The decision's `decided_at`, else the decision message's broker timestamp.
@@ -135,7 +138,7 @@ fn step(from: f64, to: f64) -> f64 {
 }
 
 /// One day's figures from analytics.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct DayTotals {
     pub day: String,
     /// Confirmed orders.
@@ -146,7 +149,7 @@ pub struct DayTotals {
 }
 
 /// The all-time figures of the analytics message with the highest `seq`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AllTime {
     pub orders: u64,
     pub revenue: String,
@@ -155,7 +158,7 @@ pub struct AllTime {
 }
 
 /// What the view itself sees of the pipeline (bounded by the orders it keeps).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Pipeline {
     /// Orders kept in the view.
     pub tracked: usize,
@@ -179,19 +182,21 @@ pub struct Pipeline {
 pub const MAX_STUCK_LISTED: usize = 20;
 
 /// An order that waited longer than the stuck time for its next step.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct StuckOrder {
     pub order_id: Id,
     /// The step it waits for: `decision` or `email`.
+    #[schema(value_type = String, pattern = "^(decision|email)$")]
     pub awaiting: &'static str,
     /// Seconds it has waited so far.
     pub waiting_secs: f64,
 }
 
 /// A stage's consumer-group lag on the topic it reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct GroupLag {
     /// The service whose group it is: `transactions`, `analytics`, `email`.
+    #[schema(value_type = String)]
     pub stage: &'static str,
     pub topic: String,
     /// Messages past the group's committed offsets (transaction markers included), summed
@@ -200,7 +205,7 @@ pub struct GroupLag {
 }
 
 /// `GET /api/totals`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TotalsView {
     /// `None` until analytics wrote its first result.
     pub all_time: Option<AllTime>,
@@ -213,7 +218,7 @@ pub struct TotalsView {
 }
 
 /// One minute of the live chart: orders placed in it, by where they are now.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Minute {
     /// Start of the minute, epoch seconds.
     pub start: i64,
@@ -223,7 +228,7 @@ pub struct Minute {
 }
 
 /// Everything the page shows, sent on every change over Server-Sent Events.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Snapshot {
     pub now: f64,
     pub totals: TotalsView,

@@ -17,16 +17,16 @@ use common::traces;
 use metrics::{counter, histogram};
 use rdkafka::producer::{FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
 use tracing::{Span, info, warn};
+use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
 
 /// The request body of `POST /order`: the seed's fields. Unknown fields are ignored, as the
 /// seed ignores them; `time` is set by the server.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct OrderRequest {
     user_id: Id,
     order_id: Id,
@@ -34,8 +34,37 @@ struct OrderRequest {
     order_details: OrderDetails,
 }
 
-/// Why a request was not accepted. Each variant answers with its own status and a JSON body
-/// `{"error": "...", "field": "..."}`; internals never leak into it.
+/// The body of every error answer: what is wrong, and for a field that is invalid, which one.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What is wrong, in words meant for the client's developer.
+    pub error: String,
+    /// The field at fault, as a path (`order_details.price`); only on `422`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorBody {
+    fn new(error: impl Into<String>) -> Self {
+        Self {
+            error: error.into(),
+            field: None,
+        }
+    }
+}
+
+/// What `/healthz` and `/readyz` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Probe {
+    /// `ok` (`/healthz`), `ready` or `not ready` (`/readyz`).
+    pub status: &'static str,
+    /// Why the service is not ready; only on `503`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+/// Why a request was not accepted. Each variant answers with its own status and an
+/// [`ErrorBody`]; internals never leak into it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("Content-Type must be application/json")]
@@ -78,9 +107,9 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
-        let mut body = json!({ "error": self.to_string() });
-        if let ApiError::Invalid { field, .. } = &self {
-            body["field"] = json!(field);
+        let mut body = ErrorBody::new(self.to_string());
+        if let ApiError::Invalid { field, .. } = self {
+            body.field = Some(field);
         }
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -92,23 +121,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The API's OpenAPI 3.1 document, generated from the handlers and types below and served
+/// at `GET /openapi.json`.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "flatpack orders API",
+        description = "Places furniture orders. An order is answered `200` only after the \
+            message broker acknowledged it on the `order_details` topic."
+    ),
+    paths(post_order, healthz, readyz, metrics, openapi_json)
+)]
+pub struct ApiDoc;
+
 /// The API's routes, with the body limit and request tracing applied.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/order", post(post_order))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(common::ops::metrics))
-        .fallback(|| async {
-            (
-                StatusCode::NOT_FOUND,
-                Json(json!({ "error": "no such route" })),
-            )
-        })
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(|| async { (StatusCode::NOT_FOUND, Json(ErrorBody::new("no such route"))) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(count_request))
         .layer(TraceLayer::new_for_http().make_span_with(traces::http_span))
@@ -130,6 +165,26 @@ async fn count_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Places an order.
+///
+/// Validates the body, writes the order to `order_details` keyed by `order_id`, and answers
+/// the accepted order (with the server's `time`) once the broker acknowledged the write.
+/// Unknown fields are ignored; `order_details` keeps every field besides `price`.
+#[utoipa::path(
+    post,
+    path = "/order",
+    request_body(content = OrderRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Accepted: the order is on `order_details`.", body = Order),
+        (status = 400, description = "The body is not JSON.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `ORDERS_MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 415, description = "The Content-Type is not `application/json`.", body = ErrorBody),
+        (status = 422, description = "A field is missing or invalid; `field` names it.", body = ErrorBody),
+        (status = 503, description = "The broker did not acknowledge the order in time; send the same order again.",
+            body = ErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait before sending the order again."))),
+    )
+)]
 async fn post_order(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,7 +201,16 @@ async fn post_order(
         }
         _ => ApiError::BadBody,
     })?;
-    let request: OrderRequest = decode_json(&body).map_err(|err| match err.field {
+    let decoded = decode_json::<OrderRequest>(&body);
+    // serde's derive also reads a struct from a JSON array of its fields in order; the API
+    // takes only the object it documents (valid JSON of another shape is a 422 like others).
+    if !is_object(&body) && decoded.as_ref().err().is_none_or(|err| !err.syntax) {
+        return Err(ApiError::Invalid {
+            field: "body".into(),
+            problem: "invalid type: must be a JSON object".into(),
+        });
+    }
+    let request: OrderRequest = decoded.map_err(|err| match err.field {
         Some(field) if !err.syntax => ApiError::Invalid {
             field,
             problem: err.problem,
@@ -167,6 +231,11 @@ async fn post_order(
     };
     publish(&state, &order).await?;
     Ok(Json(order))
+}
+
+/// The body is a JSON object (or not JSON at all): its first non-blank byte is `{`.
+fn is_object(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`).
@@ -213,6 +282,24 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     }
 }
 
+/// Liveness: the process serves.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Probe)))]
+async fn healthz() -> Json<Probe> {
+    Json(Probe {
+        status: "ok",
+        error: None,
+    })
+}
+
+/// Readiness: the message broker answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = 200, description = "Ready to take orders.", body = Probe),
+        (status = 503, description = "The broker does not answer: orders would get `503`.", body = Probe),
+    )
+)]
 async fn readyz(State(state): State<AppState>) -> Response {
     let producer = state.producer.clone();
     let topic = state.topic.clone();
@@ -222,19 +309,81 @@ async fn readyz(State(state): State<AppState>) -> Response {
     .await
     .unwrap_or(false);
     if ready {
-        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+        let body = Probe {
+            status: "ready",
+            error: None,
+        };
+        (StatusCode::OK, Json(body)).into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not ready", "error": "the message broker does not answer" })),
-        )
-            .into_response()
+        let body = Probe {
+            status: "not ready",
+            error: Some("the message broker does not answer"),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text exposition format.",
+        body = String, content_type = "text/plain"))
+)]
+async fn metrics() -> Response {
+    common::ops::metrics().await
+}
+
+/// This document: the API's OpenAPI 3.1 description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_openapi_document_is_3_1_and_lists_every_route() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        if let Ok(path) = std::env::var("FLATPACK_DUMP_OPENAPI") {
+            std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+        }
+        assert!(
+            doc["openapi"].as_str().unwrap().starts_with("3.1"),
+            "{}",
+            doc["openapi"]
+        );
+        let paths: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        for route in ["/order", "/healthz", "/readyz", "/metrics", "/openapi.json"] {
+            assert!(paths.contains(&route), "{route} missing from {paths:?}");
+        }
+        let statuses: Vec<&str> = doc["paths"]["/order"]["post"]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(statuses, ["200", "400", "413", "415", "422", "503"]);
+    }
+
+    #[test]
+    fn only_an_object_body_is_an_object() {
+        assert!(is_object(b" \n{\"a\": 1}"));
+        assert!(!is_object(br#"[7, 1, "anna@example.com", {"price": 1}]"#));
+        assert!(!is_object(b"\"x\""));
+        assert!(!is_object(b""));
+    }
 
     #[test]
     fn json_content_types_are_recognised() {

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub use api::router;
+pub use api::{ApiDoc, ErrorBody, Probe, router};
 
 /// The orders service's own settings (the Kafka ones are shared: [`KafkaSettings`]).
 #[derive(Debug, Clone, Deserialize)]

@@ -77,7 +77,15 @@ impl<'de> Deserialize<'de> for Id {
                     .map(Id::Int)
                     .map_err(|_| E::custom("integer is too large; send large ids as strings"))
             }
+            // JSON does not tell `1001.0` from `1001` (JSON Schema calls both integers, and
+            // Python's json writes a float id that way): a whole number is the integer id.
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                // Within ±2^53 a whole f64 is exactly the integer written; beyond, it may be
+                // an integer literal too large for i64 that serde_json rounded to a float.
+                const EXACT: f64 = 9_007_199_254_740_992.0;
+                if v.fract() == 0.0 && (-EXACT..=EXACT).contains(&v) {
+                    return Ok(Id::Int(v as i64));
+                }
                 Err(E::invalid_type(de::Unexpected::Float(v), &self))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
@@ -294,12 +302,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_reject_floats_empty_and_overlong_strings() {
+    fn ids_reject_fractions_empty_and_overlong_strings_and_take_whole_floats() {
         assert!(serde_json::from_str::<Id>("1.5").is_err());
         assert!(serde_json::from_str::<Id>("\"\"").is_err());
         assert!(serde_json::from_str::<Id>(&format!("\"{}\"", "x".repeat(129))).is_err());
         assert!(serde_json::from_str::<Id>("18446744073709551615").is_err());
         assert_eq!(serde_json::from_str::<Id>("-3").unwrap(), Id::Int(-3));
+        assert_eq!(
+            serde_json::from_str::<Id>("-3320.0").unwrap(),
+            Id::Int(-3320)
+        );
+        assert!(serde_json::from_str::<Id>("1e19").is_err());
+        assert!(
+            serde_json::from_str::<Id>("-9223372036854775809").is_err(),
+            "below i64::MIN is not rounded into range"
+        );
     }
 
     #[test]

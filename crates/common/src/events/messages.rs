@@ -3,21 +3,23 @@
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::domain::{Email, Id, Money, deserialize_decimal, serialize_decimal_as_number};
 use super::time::deserialize_epoch_seconds;
 
 /// What was ordered. The seed only defines `price` (the order total); every other field the
 /// client sent is kept as it came and passed along.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderDetails {
     pub price: Money,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Map<String, Value>,
 }
 
 /// An order accepted by the orders API: a message on `order_details`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     pub user_id: Id,
     pub order_id: Id,

@@ -12,11 +12,13 @@
 //! - [`domain`]: the field types ([`Id`], [`Email`], [`Money`]) and their limits.
 //! - [`messages`]: the messages of each topic.
 //! - [`decode`]: decoding bytes into a message, with errors that name the field.
+//! - `openapi`: the OpenAPI schemas of the field types, for the services' `/openapi.json`.
 //! - [`time`]: timestamps as the seed writes them (seconds since the Unix epoch) and days.
 
 pub mod decode;
 pub mod domain;
 pub mod messages;
+mod openapi;
 pub mod time;
 
 pub use decode::{DecodeError, decode_json};
