@@ -88,7 +88,18 @@ pub fn broker_readiness(settings: &KafkaSettings, topic: String) -> anyhow::Resu
     }))
 }
 
-/// `GET /metrics`, for a service's own router.
+/// `GET /metrics`, for a service's own router (and its OpenAPI document: `paths(...,
+/// common::ops::metrics)`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses(
+        (status = 200, description = "Prometheus text exposition format.",
+            body = String, content_type = "text/plain"),
+        (status = 404, description = "Metrics are off (`FLATPACK_METRICS=off`).",
+            body = Object, content_type = "application/json"),
+    )
+)]
 pub async fn metrics() -> Response {
     match metrics_handle() {
         Some(handle) => (

@@ -77,7 +77,16 @@ impl AppState {
         description = "A read-only view of every order's progress through the pipeline and of \
             the analytics totals, rebuilt from the four topics. E-mail addresses are masked."
     ),
-    paths(orders, order, totals, events, healthz, readyz, metrics, openapi_json)
+    paths(
+        orders,
+        order,
+        totals,
+        events,
+        healthz,
+        readyz,
+        common::ops::metrics,
+        openapi_json
+    )
 )]
 pub struct ApiDoc;
 
@@ -116,7 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/totals", get(totals))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(common::ops::metrics))
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         .layer(middleware::map_response(security_headers))
@@ -299,17 +308,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
-}
-
-/// Prometheus metrics of this process.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    responses((status = 200, description = "Prometheus text exposition format.",
-        body = String, content_type = "text/plain"))
-)]
-async fn metrics() -> Response {
-    common::ops::metrics().await
 }
 
 /// This document: the dashboard API's OpenAPI 3.1 description.

@@ -130,7 +130,7 @@ impl IntoResponse for ApiError {
         description = "Places furniture orders. An order is answered `200` only after the \
             message broker acknowledged it on the `order_details` topic."
     ),
-    paths(post_order, healthz, readyz, metrics, openapi_json)
+    paths(post_order, healthz, readyz, common::ops::metrics, openapi_json)
 )]
 pub struct ApiDoc;
 
@@ -141,7 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/order", post(post_order))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(common::ops::metrics))
         .route("/openapi.json", get(openapi_json))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(ErrorBody::new("no such route"))) })
         .layer(DefaultBodyLimit::max(limit))
@@ -321,17 +321,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
         };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
-}
-
-/// Prometheus metrics of this process.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    responses((status = 200, description = "Prometheus text exposition format.",
-        body = String, content_type = "text/plain"))
-)]
-async fn metrics() -> Response {
-    common::ops::metrics().await
 }
 
 /// This document: the API's OpenAPI 3.1 description.
