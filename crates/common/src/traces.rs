@@ -35,26 +35,23 @@ pub fn http_span<B>(request: &Request<B>) -> Span {
         otel.kind = "server",
         http.request.method = %request.method(),
         http.route = route,
-        url.path = request.uri().path(),
     );
     continue_trace(&span, &HttpHeaders(request.headers()));
     span
 }
 
-/// The span of handling one message of `topic` in `service`, a child of the span that wrote
-/// the message (its `traceparent` header), or the root of a new trace when it has none.
-pub fn handling_span(service: &'static str, message: &impl Message) -> Span {
+/// The span of handling one message, a child of the span that wrote it (its `traceparent`
+/// header), or the root of a new trace when it has none.
+pub fn handling_span(message: &impl Message) -> Span {
     let key = message
         .key()
         .and_then(|key| std::str::from_utf8(key).ok())
         .unwrap_or_default();
+    // What finds the message again; the service is the trace's resource already.
     let span = info_span!(
         "handle message",
         otel.name = format!("{} process", message.topic()),
         otel.kind = "consumer",
-        service,
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
         messaging.destination.name = message.topic(),
         messaging.destination.partition.id = message.partition(),
         messaging.kafka.offset = message.offset(),
@@ -179,7 +176,7 @@ mod tests {
                 key: "traceparent",
                 value: Some(&format!("00-{TRACE}-00f067aa0ba902b7-01")),
             });
-            let span = handling_span("transactions", &message(Some(incoming)));
+            let span = handling_span(&message(Some(incoming)));
             let written = traceparent(&headers(&span));
             assert!(written.starts_with(&format!("00-{TRACE}-")), "{written}");
             assert!(
@@ -192,7 +189,7 @@ mod tests {
     #[test]
     fn a_message_without_trace_context_starts_a_trace() {
         with_tracer(|| {
-            let span = handling_span("transactions", &message(None));
+            let span = handling_span(&message(None));
             let context = span.context();
             let trace = context.span().span_context().trace_id();
             assert_ne!(trace, opentelemetry::trace::TraceId::INVALID);
@@ -224,7 +221,7 @@ mod tests {
                 key: "traceparent",
                 value: Some("not a trace"),
             });
-            let written = traceparent(&headers(&handling_span("email", &message(Some(incoming)))));
+            let written = traceparent(&headers(&handling_span(&message(Some(incoming)))));
             assert!(written.starts_with("00-"), "{written}");
         });
     }

@@ -326,7 +326,7 @@ impl<H: Handler> Work<H> {
             done: true,
         };
         let service = self.config.service;
-        let span = traces::handling_span(service, &message);
+        let span = traces::handling_span(&message);
         let _in_span = span.enter();
         let input = match decode_or_log::<H::Input>(&message, service) {
             Ok(input) => input,

@@ -494,7 +494,7 @@ fn process_batch<T: Transform>(
             continue;
         }
         out.clear();
-        let span = traces::handling_span(config.service, message);
+        let span = traces::handling_span(message);
         let _handling = span.enter();
         let from = Source {
             partition: message.partition(),
