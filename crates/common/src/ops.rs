@@ -88,6 +88,14 @@ pub fn broker_readiness(settings: &KafkaSettings, topic: String) -> anyhow::Resu
     }))
 }
 
+/// Asks `ready` on a blocking thread (a broker probe waits up to seconds), for a handler.
+pub async fn is_ready(ready: &Readiness) -> bool {
+    let ready = Arc::clone(ready);
+    tokio::task::spawn_blocking(move || ready())
+        .await
+        .unwrap_or(false)
+}
+
 /// `GET /metrics`, for a service's own router (and its OpenAPI document: `paths(...,
 /// common::ops::metrics)`).
 #[utoipa::path(
@@ -128,10 +136,7 @@ pub fn router(ready: Readiness) -> Router {
 }
 
 async fn readyz(State(ready): State<Readiness>) -> Response {
-    let ready = tokio::task::spawn_blocking(move || ready())
-        .await
-        .unwrap_or(false);
-    if ready {
+    if is_ready(&ready).await {
         (StatusCode::OK, axum::Json(json!({ "status": "ready" }))).into_response()
     } else {
         (

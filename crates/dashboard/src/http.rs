@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use common::events::now_epoch_seconds;
-use common::kafka::{self, FlatpackContext};
 use futures::{Stream, StreamExt};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -42,9 +40,8 @@ const THROTTLE: Duration = Duration::from_millis(250);
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
-    /// A consumer to ask the broker for metadata: the readiness probe.
-    pub probe: Arc<BaseConsumer<FlatpackContext>>,
-    pub probe_topic: Arc<str>,
+    /// The broker answers a metadata request (one of the view's consumers asks).
+    pub broker_ready: common::ops::Readiness,
     /// Cancelled at shutdown: ends the live streams.
     pub stop: CancellationToken,
 }
@@ -52,7 +49,7 @@ pub struct AppState {
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
-            .field("probe_topic", &self.probe_topic)
+            .field("shared", &self.shared)
             .finish_non_exhaustive()
     }
 }
@@ -296,12 +293,7 @@ async fn healthz() -> Json<Alive> {
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
     let caught_up = state.shared.caught_up();
-    let (probe, topic) = (Arc::clone(&state.probe), Arc::clone(&state.probe_topic));
-    let broker = tokio::task::spawn_blocking(move || {
-        kafka::broker_answers(probe.client(), &topic, Duration::from_secs(2))
-    })
-    .await
-    .unwrap_or(false);
+    let broker = common::ops::is_ready(&state.broker_ready).await;
     let body = Readiness { broker, caught_up };
     if broker && caught_up {
         Json(body).into_response()

@@ -21,6 +21,7 @@ use anyhow::Context;
 use common::kafka;
 use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, Settings, Topic};
+use rdkafka::consumer::Consumer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -101,8 +102,10 @@ pub async fn run(
     }));
     let state = http::AppState {
         shared,
-        probe: Arc::clone(&consumers[0]),
-        probe_topic: topics.name(Topic::OrderDetails).into(),
+        broker_ready: {
+            let (probe, topic) = (Arc::clone(&consumers[0]), topics.name(Topic::OrderDetails));
+            Arc::new(move || kafka::broker_answers(probe.client(), &topic, Duration::from_secs(2)))
+        },
         stop: stop.clone(),
     };
 

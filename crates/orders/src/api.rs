@@ -15,7 +15,7 @@ use common::events::{
 };
 use common::traces;
 use metrics::{counter, histogram};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
@@ -301,14 +301,7 @@ async fn healthz() -> Json<Probe> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let producer = state.producer.clone();
-    let topic = state.topic.clone();
-    let ready = tokio::task::spawn_blocking(move || {
-        common::kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
-    })
-    .await
-    .unwrap_or(false);
-    if ready {
+    if common::ops::is_ready(&state.ready).await {
         let body = Probe {
             status: "ready",
             error: None,

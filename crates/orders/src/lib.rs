@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::kafka::{self, FlatpackContext};
+use common::ops::Readiness;
 use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, Settings, Topic};
 use rdkafka::producer::{FutureProducer, Producer};
@@ -69,6 +70,8 @@ impl Settings for OrdersSettings {
 pub struct AppState {
     producer: FutureProducer<FlatpackContext>,
     topic: Arc<str>,
+    /// The broker answers the producer's metadata request for the topic.
+    ready: Readiness,
     publish_timeout: Duration,
     max_body_bytes: usize,
 }
@@ -84,9 +87,19 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Builds the producer. Does not contact the broker: a request does.
     pub fn new(kafka_settings: &KafkaSettings, settings: &OrdersSettings) -> anyhow::Result<Self> {
+        let producer: FutureProducer<FlatpackContext> =
+            kafka::producer(kafka_settings, "orders", settings.publish_timeout)?;
+        let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
+        let ready: Readiness = {
+            let (producer, topic) = (producer.clone(), Arc::clone(&topic));
+            Arc::new(move || {
+                kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
+            })
+        };
         Ok(Self {
-            producer: kafka::producer(kafka_settings, "orders", settings.publish_timeout)?,
-            topic: kafka_settings.topics().name(Topic::OrderDetails).into(),
+            producer,
+            topic,
+            ready,
             publish_timeout: settings.publish_timeout,
             max_body_bytes: settings.max_body_bytes,
         })
