@@ -1,23 +1,16 @@
 //! What an operator scrapes: every service's `/metrics`, and the health and readiness of the
 //! services without an HTTP API of their own.
 
-use std::net::TcpListener;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Topic;
 use serde_json::json;
 
-use crate::helpers::{ServiceProcess, order_body, post_all, spawn_orders, spawn_transactions};
+use crate::helpers::{
+    ServiceProcess, free_addr, get, order_body, post_all, scrape_until, spawn_orders,
+    spawn_transactions,
+};
 use crate::test_env;
-
-/// A port free right now, for a process that must listen where the test can find it.
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    format!(
-        "127.0.0.1:{}",
-        listener.local_addr().expect("address").port()
-    )
-}
 
 /// The value of the series `name{labels}` (labels exactly as rendered) in Prometheus text,
 /// or `None` when the series is absent.
@@ -26,47 +19,36 @@ fn value(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-async fn get(url: &str) -> (u16, String) {
-    match reqwest::get(url).await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap_or_default())
-        }
-        Err(_) => (0, String::new()),
-    }
-}
-
-/// Scrapes `url` until `done` holds for its text; panics with the last text after `deadline`.
-async fn scrape_until(url: &str, deadline: Duration, done: impl Fn(&str) -> bool) -> String {
-    let until = Instant::now() + deadline;
-    loop {
-        let (status, text) = get(url).await;
-        if status == 200 && done(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < until,
-            "{url} did not show what was expected within {deadline:?}; last answer {status}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Starts transactions as a process with `vars`, as instance `instance`, its ops server on a
+/// free port; waits until that answers `/healthz`. Returns it and the ops server's URL.
+async fn transactions_with_ops(
+    mut vars: Vec<(String, String)>,
+    instance: &str,
+) -> (ServiceProcess, String) {
+    let ops_addr = free_addr();
+    vars.push(("TRANSACTIONS_INSTANCE_ID".into(), instance.into()));
+    vars.push(("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()));
+    let transactions = ServiceProcess::start("transactions", &vars);
+    let ops_url = format!("http://{ops_addr}");
+    scrape_until(
+        &format!("{ops_url}/healthz"),
+        Duration::from_secs(60),
+        |_| true,
+    )
+    .await;
+    (transactions, ops_url)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn orders_and_transactions_count_requests_outcomes_and_decisions_exactly() {
     let env = test_env!();
     let orders_addr = free_addr();
-    let ops_addr = free_addr();
     let mut orders_vars = env.service_vars();
     orders_vars.push(("ORDERS_HTTP_ADDR".into(), orders_addr.clone()));
     let orders = ServiceProcess::start("orders", &orders_vars);
-    let mut transactions_vars = env.service_vars();
-    transactions_vars.push(("TRANSACTIONS_INSTANCE_ID".into(), "metrics".into()));
-    transactions_vars.push(("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()));
-    let transactions = ServiceProcess::start("transactions", &transactions_vars);
+    let (transactions, ops_url) = transactions_with_ops(env.service_vars(), "metrics").await;
 
     let orders_url = format!("http://{orders_addr}");
-    let ops_url = format!("http://{ops_addr}");
     scrape_until(
         &format!("{orders_url}/readyz"),
         Duration::from_secs(60),
@@ -255,19 +237,9 @@ async fn the_dashboard_flags_stuck_orders_and_shows_each_stages_lag() {
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_can_be_turned_off_and_a_bad_switch_is_named() {
     let env = test_env!();
-    let ops_addr = free_addr();
     let mut vars = env.service_vars();
-    vars.push(("TRANSACTIONS_INSTANCE_ID".into(), "metrics-off".into()));
-    vars.push(("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()));
     vars.push(("FLATPACK_METRICS".into(), "off".into()));
-    let transactions = ServiceProcess::start("transactions", &vars);
-    let ops_url = format!("http://{ops_addr}");
-    scrape_until(
-        &format!("{ops_url}/healthz"),
-        Duration::from_secs(60),
-        |_| true,
-    )
-    .await;
+    let (transactions, ops_url) = transactions_with_ops(vars, "metrics-off").await;
     let (status, body) = get(&format!("{ops_url}/metrics")).await;
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("FLATPACK_METRICS=off"), "{body}");
@@ -290,21 +262,8 @@ async fn metrics_can_be_turned_off_and_a_bad_switch_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_without_its_broker_is_alive_but_not_ready() {
     // A port nothing listens on: the broker is away for the whole test.
-    let nowhere = free_addr();
-    let ops_addr = free_addr();
-    let vars: Vec<(String, String)> = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), nowhere),
-        ("TRANSACTIONS_INSTANCE_ID".into(), "no-broker".into()),
-        ("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()),
-    ];
-    let mut transactions = ServiceProcess::start("transactions", &vars);
-    let ops_url = format!("http://{ops_addr}");
-    scrape_until(
-        &format!("{ops_url}/healthz"),
-        Duration::from_secs(60),
-        |_| true,
-    )
-    .await;
+    let vars = vec![("KAFKA_BOOTSTRAP_SERVERS".into(), free_addr())];
+    let (mut transactions, ops_url) = transactions_with_ops(vars, "no-broker").await;
     let (status, body) = get(&format!("{ops_url}/readyz")).await;
     assert_eq!(status, 503, "{body}");
     // Still waiting, still alive, a while later.

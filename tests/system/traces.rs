@@ -1,21 +1,12 @@
 //! One order, one trace: `POST /order` through transactions to email and analytics, each a
 //! span in Jaeger, each the child of the span that wrote the message it handled.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use crate::helpers::jaeger::{Jaeger, Trace, jaeger};
 use crate::helpers::mailpit::mailpit;
-use crate::helpers::{ServiceProcess, order_body};
+use crate::helpers::{ServiceProcess, free_addr, order_body, scrape_until};
 use crate::test_env;
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    format!(
-        "127.0.0.1:{}",
-        listener.local_addr().expect("address").port()
-    )
-}
 
 /// Waits until Jaeger has spans of every one of `services` for trace `id`.
 async fn wait_for_trace(jaeger: &Jaeger, id: &str, services: &[&str]) -> Trace {
@@ -60,16 +51,7 @@ async fn one_order_is_one_trace_through_all_four_services() {
     let caller_span = format!("{:016x}", rand::random::<u64>() | 1);
     let client = reqwest::Client::new();
     let url = format!("http://{orders_addr}");
-    let until = Instant::now() + Duration::from_secs(60);
-    while !client
-        .get(format!("{url}/readyz"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
-    {
-        assert!(Instant::now() < until, "orders not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
     let response = client
         .post(format!("{url}/order"))
         .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))

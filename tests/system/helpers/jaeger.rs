@@ -3,12 +3,13 @@
 //! Without `JAEGER` the test fails under `CI=true` and is skipped elsewhere, loudly.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+
+use super::free_addr;
 
 /// A Jaeger process, killed on drop.
 pub struct Jaeger {
@@ -84,14 +85,6 @@ impl Span {
             .find(|r| r.ref_type == "CHILD_OF")
             .map(|r| r.span_id.as_str())
     }
-}
-
-fn free_addr() -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    format!(
-        "127.0.0.1:{}",
-        listener.local_addr().expect("address").port()
-    )
 }
 
 /// The run's Jaeger binary, or `None` (after saying so) outside CI without one.

@@ -544,3 +544,39 @@ pub fn spawn_analytics(env: &TestEnv) -> InProcess {
         task,
     }
 }
+
+/// A port free right now, for a process that must listen where the test can find it.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    format!(
+        "127.0.0.1:{}",
+        listener.local_addr().expect("address").port()
+    )
+}
+
+/// GET `url`: its status and body; status 0 when it could not be asked.
+pub async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Scrapes `url` until `done` holds for its text; panics with the last text after `deadline`.
+pub async fn scrape_until(url: &str, deadline: Duration, done: impl Fn(&str) -> bool) -> String {
+    let until = Instant::now() + deadline;
+    loop {
+        let (status, text) = get(url).await;
+        if status == 200 && done(&text) {
+            return text;
+        }
+        assert!(
+            Instant::now() < until,
+            "{url} did not show what was expected within {deadline:?}; last answer {status}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
