@@ -98,26 +98,21 @@ if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
 
-if [ -z "${CHROMIUM:-}" ]; then
-  step "Chromium for the dashboard's browser test"
-  out=$("$here/chromium.sh")
-  fp_export_lines "$out"
-fi
-echo "Chromium: $CHROMIUM" >&2
-
-if [ -z "${JAEGER:-}" ]; then
-  step "Jaeger for the trace tests (built from its Go module once, then cached)"
-  out=$("$here/go-tool.sh" jaeger)
-  fp_export_lines "$out"
-fi
-echo "Jaeger: $JAEGER" >&2
-
-if [ -z "${SCHEMATHESIS:-}" ]; then
-  step "schemathesis for the API contract test"
-  out=$("$here/schemathesis.sh")
-  fp_export_lines "$out"
-fi
-echo "schemathesis: $SCHEMATHESIS" >&2
+# A tool a test needs: the variable <var> names it, else <script...> installs it and prints
+# <var>=<path>.
+tool() { # <var> <what> <script> [args...]
+  local var=$1 what=$2
+  shift 2
+  if [ -z "${!var:-}" ]; then
+    step "$what"
+    out=$("$@")
+    fp_export_lines "$out"
+  fi
+  echo "$var: ${!var}" >&2
+}
+tool CHROMIUM "Chromium for the dashboard's browser test" "$here/chromium.sh"
+tool JAEGER "Jaeger for the trace tests (built from its Go module once, then cached)" "$here/go-tool.sh" jaeger
+tool SCHEMATHESIS "schemathesis for the API contract test" "$here/schemathesis.sh"
 
 step "building the service binaries (the system tests start them as processes)"
 cargo build --workspace --bins --locked
