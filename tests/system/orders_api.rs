@@ -253,8 +253,12 @@ async fn malformed_requests_get_a_4xx_naming_the_problem_and_publish_nothing() {
             .body(body)
             .send()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{what}: {e:?}"));
         assert_eq!(response.status().as_u16(), status, "{what}");
+        if status == 413 {
+            // The unread body ends the connection; the client must be told not to reuse it.
+            assert_eq!(response.headers()["connection"], "close", "{what}");
+        }
         let error: Value = response
             .json()
             .await
