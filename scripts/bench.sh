@@ -14,8 +14,9 @@ usage() {
   cat <<'TXT'
 Usage: scripts/bench.sh [options]
 
-Runs, on one local Kafka broker (scripts/kafka.sh) and one Mailpit (scripts/mailpit.sh),
-both started here and stopped on exit:
+Runs, on one local Kafka broker (scripts/kafka.sh), one Mailpit (scripts/mailpit.sh) and
+one Postfix smtp-sink (scripts/smtp-sink.sh: an SMTP server that keeps nothing), all started
+here and stopped on exit:
 
   1. raw-broker       the broker's produce capacity for orders as the orders service writes
                       them (loadgen produce: the services' idempotent acks=all producer)
@@ -34,10 +35,11 @@ both started here and stopped on exit:
      flatpack-max     the five services, HTTP load as fast as it goes, every order followed
                       to order_confirmed, order_email_sent and analytics_result
      flatpack-rate    the same at a fixed --rate (default 1000 orders/s)
-     telemetry        what metrics and traces cost: the fixed-rate run twice, once with
-                      FLATPACK_METRICS=off and OTEL_SDK_DISABLED=true, once with every span
-                      exported to a Jaeger and every /metrics scraped every 5 s; the
-                      report compares the services' CPU per order
+     telemetry        what metrics and traces cost: the fixed-rate run with
+                      FLATPACK_METRICS=off and OTEL_SDK_DISABLED=true, and with every span
+                      exported to a Jaeger and every /metrics scraped every 5 s, in
+                      --telemetry-rounds pairs (off first, then on first, ...), e-mails
+                      going to smtp-sink; the report compares the services' CPU per order
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
 Each step writes <step>.json into the output dir (and its processes' logs into logs/);
@@ -53,6 +55,7 @@ Options:
   --smtp-concurrency C   SMTP senders for the Mailpit step (default 32, as EMAIL_CONCURRENCY)
   --rate R               Orders per second of the fixed-rate step (default 1000)
   --rate-orders N        Orders of the fixed-rate step (default: --orders)
+  --telemetry-rounds N   Off/on pairs of the telemetry step (default 3)
   --settle-seconds S     How long a step waits, after its last order, for every order to
                          arrive downstream before it counts the missing ones as lost
                          (default 300; 60 with --quick)
@@ -72,6 +75,7 @@ TXT
 }
 
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
+telemetry_rounds=3
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
 all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
 steps=$all_steps
@@ -85,6 +89,7 @@ while [[ $# -gt 0 ]]; do
     --smtp-concurrency) need "$@"; smtp_concurrency=$2; shift 2 ;;
     --rate) need "$@"; rate=$2; shift 2 ;;
     --rate-orders) need "$@"; rate_orders=$2; shift 2 ;;
+    --telemetry-rounds) need "$@"; telemetry_rounds=$2; shift 2 ;;
     --settle-seconds) need "$@"; settle=$2; shift 2 ;;
     --gunicorn-workers) need "$@"; gunicorn_workers=$2; shift 2 ;;
     --steps) need "$@"; steps=${2//,/ }; shift 2 ;;
@@ -106,7 +111,7 @@ for step in $steps; do
   [[ " $all_steps " == *" $step "* ]] || { echo "bench.sh: unknown step '$step' (see --help)" >&2; exit 2; }
 done
 wants() { [[ " $steps " == *" $1 "* ]]; } # <step>: whether this run includes it
-for n in orders emails concurrency smtp_concurrency rate_orders gunicorn_workers settle; do
+for n in orders emails concurrency smtp_concurrency rate_orders gunicorn_workers settle telemetry_rounds; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --${n//_/-} must be a positive integer" >&2; exit 2; }
 done
 
@@ -176,6 +181,7 @@ wait_ready() { # <name> <pid> <start-ns> <timeout-s> <probe...>
   echo $((($(now_ns) - start_ns) / 1000000))
 }
 http_answers() { curl -sS -o /dev/null --max-time 1 "$1"; }
+tcp_answers() { (exec 3<>"/dev/tcp/${1%:*}/${1##*:}"); } # <host:port>
 log_has() { grep -q -- "$2" "$1"; }
 
 # Peak RSS in kB of the process group <pid> (the largest of its processes).
@@ -210,10 +216,11 @@ group_ticks() { # <pgid>
 # Busy and total ticks of the whole machine, from /proc/stat.
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 declare -A cpu_at=() svc_pid=() svc_ready=()
-# Remembers the CPU used so far by the broker, Mailpit and the step's services.
+# Remembers the CPU used so far by the broker, Mailpit, smtp-sink and the step's services.
 cpu_begin() {
   local name
-  cpu_at=([kafka]=$(group_ticks "$broker_pgid") [mailpit]=$(group_ticks "$mailpit_pgid"))
+  cpu_at=([kafka]=$(group_ticks "$broker_pgid") [mailpit]=$(group_ticks "$mailpit_pgid")
+    [smtp-sink]=$(group_ticks "$sink_pgid"))
   for name in "${!svc_pid[@]}"; do cpu_at[$name]=$(group_ticks "${svc_pid[$name]}"); done
   read -r cpu_busy0 cpu_total0 < <(machine_ticks)
   cpu_t0=$(now_ns)
@@ -224,7 +231,12 @@ cpu_end() { # <step>
   local wall_ms=$((($(now_ns) - cpu_t0) / 1000000))
   read -r busy total < <(machine_ticks)
   for name in "${!cpu_at[@]}"; do
-    case "$name" in kafka) pgid=$broker_pgid ;; mailpit) pgid=$mailpit_pgid ;; *) pgid=${svc_pid[$name]} ;; esac
+    case "$name" in
+      kafka) pgid=$broker_pgid ;;
+      mailpit) pgid=$mailpit_pgid ;;
+      smtp-sink) pgid=$sink_pgid ;;
+      *) pgid=${svc_pid[$name]} ;;
+    esac
     now=$(group_ticks "$pgid")
     args+=(--argjson "$name" "$(((now - cpu_at[$name]) * 100000 / clk_tck / (wall_ms > 0 ? wall_ms : 1)))")
     ms=$(jq -c --arg n "$name" --argjson v "$(((now - cpu_at[$name]) * 1000 / clk_tck))" '. + {($n): $v}' <<<"$ms")
@@ -265,12 +277,19 @@ if { wants seed-ingest || wants seed-pipeline; } &&
   echo "$req_sum" >"$venv/.requirements.sha256"
 fi
 
-# --- broker and Mailpit --------------------------------------------------------------------
+# --- broker, Mailpit, smtp-sink -------------------------------------------------------------
 fp_log "starting Kafka"
 fp_export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)"
 fp_log "starting Mailpit"
 fp_export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
 export SMTP_HOST=127.0.0.1 SMTP_PORT=${MAILPIT_SMTP##*:}
+sink=$("$here/smtp-sink.sh")
+sink_port=$(fp_free_ports 1)
+sink_user=()
+((EUID != 0)) || sink_user=(-u nobody) # it refuses to run as root
+start smtp-sink "${sink#SMTP_SINK=}" "${sink_user[@]}" "127.0.0.1:$sink_port" 1024
+sink_pgid=$started_pid
+wait_ready smtp-sink "$sink_pgid" "$started_ns" 30 tcp_answers "127.0.0.1:$sink_port" >/dev/null
 clk_tck=$(getconf CLK_TCK)
 # Both lead process groups of their own (see lib.sh's fp_launch).
 broker_pgid=$(pgrep -f -- "-Dkafka.logs.dir=$work/kafka" | head -n 1)
@@ -412,7 +431,32 @@ if wants flatpack-rate; then
 fi
 
 # What metrics and traces cost: the fixed-rate run with neither, then with both at work
-# (every span exported to a Jaeger, every /metrics scraped every 5 s as Prometheus would).
+# (every span exported to a Jaeger, every /metrics scraped every 5 s as Prometheus would), in
+# pairs whose order alternates, so that a machine getting busier or quieter during the run
+# weighs on both alike. E-mails go to smtp-sink, which keeps up at the rate without taking a
+# core from the services as Mailpit would.
+telemetry_run() { # <variant> <round>
+  local variant=$1 step=telemetry-$1-$2 scraper=""
+  if [[ $variant == off ]]; then
+    export FLATPACK_METRICS=off OTEL_SDK_DISABLED=true
+    unset OTEL_EXPORTER_OTLP_ENDPOINT
+  else
+    export FLATPACK_METRICS=on OTEL_SDK_DISABLED=false OTEL_EXPORTER_OTLP_ENDPOINT=http://$jaeger_otlp
+  fi
+  start_flatpack "$step" "${all[@]}"
+  if [[ $variant == on ]]; then
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    start "$step-scraper" bash -c 'while :; do for a in "$@"; do curl -sS -o /dev/null "http://$a/metrics"; done; sleep 5; done' \
+      scrape "$orders_addr" "$dashboard_addr" "${ops_addrs[@]}"
+    scraper=$started_pid
+  fi
+  cpu_begin
+  FLATPACK_TOPIC_PREFIX="bench.$step." loadgen "$step" --url "http://$orders_addr" \
+    --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
+  cpu_end "$step"
+  [[ -z $scraper ]] || stop_group "$scraper"
+  stop_flatpack "$step"
+}
 if wants telemetry; then
   jaeger=$("$here/go-tool.sh" jaeger)
   jaeger_otlp=127.0.0.1:$(fp_free_ports 1) jaeger_ui=127.0.0.1:$(fp_free_ports 1)
@@ -420,27 +464,11 @@ if wants telemetry; then
     JAEGER_QUERY_GRPC_ADDR="127.0.0.1:$(fp_free_ports 1)" "${jaeger#JAEGER=}" --config "$here/jaeger/local.yaml"
   jaeger_pid=$started_pid
   wait_ready jaeger "$jaeger_pid" "$started_ns" 60 http_answers "http://$jaeger_ui/api/services" >/dev/null
-  for variant in off on; do
-    if [[ $variant == off ]]; then
-      export FLATPACK_METRICS=off OTEL_SDK_DISABLED=true
-      unset OTEL_EXPORTER_OTLP_ENDPOINT
-    else
-      export FLATPACK_METRICS=on OTEL_SDK_DISABLED=false OTEL_EXPORTER_OTLP_ENDPOINT=http://$jaeger_otlp
-    fi
-    start_flatpack "telemetry-$variant" "${all[@]}"
-    scraper=""
-    if [[ $variant == on ]]; then
-      # shellcheck disable=SC2016 # expanded by the inner bash
-      start "telemetry-scraper" bash -c 'while :; do for a in "$@"; do curl -sS -o /dev/null "http://$a/metrics"; done; sleep 5; done' \
-        scrape "$orders_addr" "$dashboard_addr" "${ops_addrs[@]}"
-      scraper=$started_pid
-    fi
-    cpu_begin
-    FLATPACK_TOPIC_PREFIX="bench.telemetry-$variant." loadgen "telemetry-$variant" --url "http://$orders_addr" \
-      --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
-    cpu_end "telemetry-$variant"
-    [[ -z $scraper ]] || stop_group "$scraper"
-    stop_flatpack "telemetry-$variant"
+  for ((round = 1; round <= telemetry_rounds; round++)); do
+    if ((round % 2)); then pair=(off on); else pair=(on off); fi
+    for variant in "${pair[@]}"; do
+      SMTP_PORT=$sink_port telemetry_run "$variant" "$round"
+    done
   done
   unset FLATPACK_METRICS OTEL_SDK_DISABLED OTEL_EXPORTER_OTLP_ENDPOINT
   stop_group "$jaeger_pid"
