@@ -1,6 +1,7 @@
 //! The local-run scripts: a broker started for an owner that is already gone must not be
 //! left running; `run.sh` restarts what exits, stops everything on SIGHUP, and leaves
-//! nothing behind when its process group is SIGKILLed.
+//! nothing behind when its process group is SIGKILLed; `smtp-sink.sh` installs an SMTP
+//! server that accepts every e-mail.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -499,4 +500,61 @@ async fn run_sh_killed_with_its_process_group_leaves_nothing_behind() {
     )
     .await;
     eprintln!("everything gone {:?} after SIGKILL", gone.elapsed());
+}
+
+/// `smtp-sink.sh` gives the benchmark an SMTP server that keeps nothing: Postfix's
+/// smtp-sink, unpacked from Debian's package without configuring a mail system, accepts
+/// every e-mail the email service's sender sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn smtp_sink_sh_installs_a_server_that_accepts_every_email_the_sender_sends() {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        crate::helpers::missing(
+            "apt-get",
+            "`apt-get` does not run",
+            "scripts/smtp-sink.sh unpacks Debian's postfix package; run the tests on Debian.",
+        );
+        return;
+    }
+    let installed = Command::new(script("smtp-sink.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running smtp-sink.sh");
+    assert!(installed.status.success(), "smtp-sink.sh failed");
+    let stdout = String::from_utf8(installed.stdout).expect("UTF-8 output");
+    let program = stdout
+        .trim()
+        .strip_prefix("SMTP_SINK=")
+        .unwrap_or_else(|| panic!("smtp-sink.sh printed {stdout:?}, not SMTP_SINK=<path>"));
+
+    let [port] = free_ports();
+    let mut sink = Command::new(program);
+    let uid = Command::new("id").arg("-u").output().expect("id -u").stdout;
+    if uid.trim_ascii() == b"0" {
+        sink.args(["-u", "nobody"]); // it refuses to run as root
+    }
+    let mut sink = sink
+        .args([format!("127.0.0.1:{port}"), "64".into()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting smtp-sink");
+    eventually("smtp-sink to listen", Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+
+    let settings = <email::EmailSettings as common::Settings>::from_vars(vec![
+        ("SMTP_HOST".to_string(), "127.0.0.1".to_string()),
+        ("SMTP_PORT".to_string(), port.to_string()),
+    ])
+    .expect("SMTP settings");
+    let report = loadgen::bench::smtp(&settings, 200, 4, "19.99".parse().unwrap()).await;
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let report = report.expect("sending to smtp-sink");
+    assert_eq!(
+        (report.sent, report.failed),
+        (200, 0),
+        "{}",
+        report.summary()
+    );
 }
