@@ -14,14 +14,18 @@ usage() {
   cat <<'TXT'
 Usage: scripts/bench.sh [options]
 
-Runs, on one local Kafka broker (scripts/kafka.sh), one Mailpit (scripts/mailpit.sh) and
-one Postfix smtp-sink (scripts/smtp-sink.sh: an SMTP server that keeps nothing), all started
-here and stopped on exit:
+Runs, on one local Kafka broker (scripts/kafka.sh), one Postfix smtp-sink
+(scripts/smtp-sink.sh: an SMTP server made for benchmarking clients, which keeps nothing) and
+one Mailpit (scripts/mailpit.sh), all started here and stopped on exit. The services send
+their e-mails to smtp-sink, as to a relay on another machine; Mailpit, which stores and
+indexes every e-mail on the same two cores, gives the e-mail steps a second line:
+
 
   1. raw-broker       the broker's produce capacity for orders as the orders service writes
                       them (loadgen produce: the services' idempotent acks=all producer)
-  2. mailpit          Mailpit's acceptance rate for the e-mails the email service sends
-                      (loadgen smtp: the email crate's sender, --smtp-concurrency senders)
+  2. smtp             the SMTP servers' own acceptance rates for the e-mails the email
+                      service sends (loadgen smtp: the email crate's sender,
+                      --smtp-concurrency senders): smtp-sink, then mailpit
   3. seed-ingest-*    the seed's orders backend (bench/seed/, Flask + kafka-python) under the
                       same HTTP load as flatpack's, run as the seed runs it (app.run) and under
                       gunicorn; the better counts
@@ -31,10 +35,12 @@ here and stopped on exit:
      flatpack-pipeline  the five services (release build, exactly-once), the same feed
      flatpack-email   the email service alone: --emails decided orders written straight to
                       order_confirmed, timed until all are on order_email_sent (loadgen
-                      email-stage); its rate over Mailpit's is the e-mail stage ratio
+                      email-stage); its rate over the server's is the e-mail stage
+                      ratio; then flatpack-email-mailpit, the same with Mailpit
      flatpack-max     the five services, HTTP load as fast as it goes, every order followed
                       to order_confirmed, order_email_sent and analytics_result
-     flatpack-rate    the same at a fixed --rate (default 1000 orders/s)
+     flatpack-rate    the same at a fixed --rate (default 1000 orders/s); then
+                      flatpack-rate-mailpit, the same with Mailpit
      telemetry        what metrics and traces cost: the fixed-rate run with
                       FLATPACK_METRICS=off and OTEL_SDK_DISABLED=true, and with every span
                       exported to a Jaeger and every /metrics scraped every 5 s, in
@@ -50,9 +56,9 @@ flatpack step uses, on this run's fresh broker.
 Options:
   --orders N             Orders per step (default 20000)
   --quick                A small dry run: 500 orders and 200 e-mails unless given, short waits
-  --emails N             E-mails for the Mailpit and e-mail stage steps (default: orders / 4)
+  --emails N             E-mails for the smtp and e-mail stage steps (default: orders / 4)
   --concurrency C        HTTP connections of the load generator (default 32)
-  --smtp-concurrency C   SMTP senders for the Mailpit step (default 32, as EMAIL_CONCURRENCY)
+  --smtp-concurrency C   SMTP senders for the smtp step (default 32, as EMAIL_CONCURRENCY)
   --rate R               Orders per second of the fixed-rate step (default 1000)
   --rate-orders N        Orders of the fixed-rate step (default: --orders)
   --telemetry-rounds N   Off/on pairs of the telemetry step (default 3)
@@ -61,7 +67,7 @@ Options:
                          (default 300; 60 with --quick)
   --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
-                         raw-broker, mailpit, seed-ingest, seed-pipeline, flatpack-ingest,
+                         raw-broker, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
                          flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
                          telemetry (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
@@ -77,7 +83,7 @@ TXT
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 telemetry_rounds=3
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker mailpit seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
+all_steps="raw-broker smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -282,7 +288,7 @@ fp_log "starting Kafka"
 fp_export_lines "$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)"
 fp_log "starting Mailpit"
 fp_export_lines "$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$)"
-export SMTP_HOST=127.0.0.1 SMTP_PORT=${MAILPIT_SMTP##*:}
+mailpit_port=${MAILPIT_SMTP##*:}
 sink=$("$here/smtp-sink.sh")
 sink_port=$(fp_free_ports 1)
 sink_user=()
@@ -290,6 +296,7 @@ sink_user=()
 start smtp-sink "${sink#SMTP_SINK=}" "${sink_user[@]}" "127.0.0.1:$sink_port" 1024
 sink_pgid=$started_pid
 wait_ready smtp-sink "$sink_pgid" "$started_ns" 30 tcp_answers "127.0.0.1:$sink_port" >/dev/null
+export SMTP_HOST=127.0.0.1 SMTP_PORT=$sink_port
 clk_tck=$(getconf CLK_TCK)
 # Both lead process groups of their own (see lib.sh's fp_launch).
 broker_pgid=$(pgrep -f -- "-Dkafka.logs.dir=$work/kafka" | head -n 1)
@@ -304,10 +311,14 @@ if wants raw-broker; then
 fi
 
 # --- 2. Mailpit ----------------------------------------------------------------------------
-if wants mailpit; then
-  cpu_begin
-  loadgen mailpit smtp --emails "$emails" --concurrency "$smtp_concurrency"
-  cpu_end mailpit
+if wants smtp; then
+  for server in smtp-sink mailpit; do
+    port=$sink_port
+    [[ $server == smtp-sink ]] || port=$mailpit_port
+    cpu_begin
+    SMTP_PORT=$port loadgen "$server" smtp --emails "$emails" --concurrency "$smtp_concurrency"
+    cpu_end "$server"
+  done
 fi
 
 # --- 3. the seed ---------------------------------------------------------------------------
@@ -403,13 +414,22 @@ if wants flatpack-pipeline; then
   stop_flatpack flatpack-pipeline
 fi
 
-if wants flatpack-email; then
-  start_flatpack email email
+# The steps measured with either SMTP server: <step> (smtp-sink), then <step>-mailpit.
+with_each_smtp_server() { # <function> <step>
+  "$1" "$2"
+  SMTP_PORT=$mailpit_port "$1" "$2-mailpit"
+}
+
+flatpack_email() { # <step>
+  start_flatpack "$1" email
   cpu_begin
-  FLATPACK_TOPIC_PREFIX="bench.email." loadgen flatpack-email email-stage --emails "$emails" \
+  FLATPACK_TOPIC_PREFIX="bench.$1." loadgen "$1" email-stage --emails "$emails" \
     --settle-seconds "$settle"
-  cpu_end flatpack-email
-  stop_flatpack flatpack-email
+  cpu_end "$1"
+  stop_flatpack "$1"
+}
+if wants flatpack-email; then
+  with_each_smtp_server flatpack_email flatpack-email
 fi
 
 if wants flatpack-max; then
@@ -421,20 +441,22 @@ if wants flatpack-max; then
   stop_flatpack flatpack-max
 fi
 
-if wants flatpack-rate; then
-  start_flatpack rate "${all[@]}"
+flatpack_rate() { # <step>
+  start_flatpack "$1" "${all[@]}"
   cpu_begin
-  FLATPACK_TOPIC_PREFIX="bench.rate." loadgen flatpack-rate --url "http://$orders_addr" \
+  FLATPACK_TOPIC_PREFIX="bench.$1." loadgen "$1" --url "http://$orders_addr" \
     --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" --settle-seconds "$settle"
-  cpu_end flatpack-rate
-  stop_flatpack flatpack-rate
+  cpu_end "$1"
+  stop_flatpack "$1"
+}
+if wants flatpack-rate; then
+  with_each_smtp_server flatpack_rate flatpack-rate
 fi
 
 # What metrics and traces cost: the fixed-rate run with neither, then with both at work
 # (every span exported to a Jaeger, every /metrics scraped every 5 s as Prometheus would), in
 # pairs whose order alternates, so that a machine getting busier or quieter during the run
-# weighs on both alike. E-mails go to smtp-sink, which keeps up at the rate without taking a
-# core from the services as Mailpit would.
+# weighs on both alike.
 telemetry_run() { # <variant> <round>
   local variant=$1 step=telemetry-$1-$2 scraper=""
   if [[ $variant == off ]]; then
@@ -467,7 +489,7 @@ if wants telemetry; then
   for ((round = 1; round <= telemetry_rounds; round++)); do
     if ((round % 2)); then pair=(off on); else pair=(on off); fi
     for variant in "${pair[@]}"; do
-      SMTP_PORT=$sink_port telemetry_run "$variant" "$round"
+      telemetry_run "$variant" "$round"
     done
   done
   unset FLATPACK_METRICS OTEL_SDK_DISABLED OTEL_EXPORTER_OTLP_ENDPOINT
