@@ -167,3 +167,27 @@ async fn email_stage_times_every_decision_to_its_record_and_fails_without_an_ema
     email.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// `loadgen topics` (the benchmark's seed topics) makes plain topics: the seed writes its
+/// records without a key, which a compacted topic, as the services make `analytics_result`,
+/// refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn loadgen_topics_are_plain_so_the_seeds_unkeyed_records_are_accepted() {
+    let env = test_env!();
+    loadgen::bench::create_topics(&env.kafka, &["analytics_result".to_string()])
+        .await
+        .unwrap();
+    let topic = env.topic(Topic::AnalyticsResult);
+    let delivered = env
+        .producer()
+        .send(
+            FutureRecord::<(), _>::to(&topic).payload(br#"{"total_orders_count": 1}"#),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        delivered.is_ok(),
+        "an unkeyed record was refused: {delivered:?}"
+    );
+    env.cleanup().await;
+}

@@ -609,14 +609,15 @@ pub async fn email_stage(
     result
 }
 
-/// Creates `names` (after the topic prefix) as the services create theirs, with the
-/// configured partitions and replication factor; existing ones are left alone.
+/// Creates `names` (after the topic prefix) with the configured partitions and replication
+/// factor, plain: the seed writes its records without a key, which a compacted topic (as
+/// the services make `analytics_result`) refuses. Existing ones are left alone.
 pub async fn create_topics(kafka_settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
     let names: Vec<String> = names
         .iter()
         .map(|name| format!("{}{name}", kafka_settings.topic_prefix))
         .collect();
-    kafka::ensure_topics(kafka_settings, &names).await
+    kafka::ensure_plain_topics(kafka_settings, &names).await
 }
 
 #[cfg(test)]

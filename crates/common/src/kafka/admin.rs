@@ -25,13 +25,27 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Creates the topics a service needs, with the configured partitions and replication
 /// factor; topics that exist already are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = base_config(settings)
-        .create()
-        .context("creating Kafka admin client")?;
     // analytics_result holds the current totals as the latest record per day, a changelog
     // the latest state per key: compaction keeps exactly those forever, where time-based
     // retention would lose them.
     let topics = settings.topics();
+    create_missing(settings, names, |name| topics.is_compacted(name)).await
+}
+
+/// Creates `names` as [`ensure_topics`] does, but none compacted: for programs that write
+/// records without a key (the seed's), which a compacted topic refuses.
+pub async fn ensure_plain_topics(settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
+    create_missing(settings, names, |_| false).await
+}
+
+async fn create_missing(
+    settings: &KafkaSettings,
+    names: &[String],
+    compacted: impl Fn(&str) -> bool,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = base_config(settings)
+        .create()
+        .context("creating Kafka admin client")?;
     let new_topics: Vec<NewTopic<'_>> = names
         .iter()
         .map(|name| {
@@ -40,7 +54,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow
                 settings.partitions,
                 TopicReplication::Fixed(settings.replication_factor),
             );
-            if topics.is_compacted(name) {
+            if compacted(name) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

@@ -21,8 +21,8 @@ pub mod exactly_once;
 pub mod read;
 
 pub use admin::{
-    await_changelog, await_stage_topics, await_topics, broker_answers, ensure_topics,
-    retry_until_ok,
+    await_changelog, await_stage_topics, await_topics, broker_answers, ensure_plain_topics,
+    ensure_topics, retry_until_ok,
 };
 pub use client::{
     COMPLAINT_INTERVAL, FlatpackContext, Throttle, base_config, consumer, consumer_with, describe,
