@@ -48,6 +48,11 @@ indexes every e-mail on the same two cores, gives the e-mail steps a second line
                       going to smtp-sink; the report compares the services' CPU per order
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
+Every step records the CPU time of each process (the broker, the SMTP servers, the seed's
+and flatpack's services) while it ran; the report prints it as % of one core and as CPU µs
+per order (e-mail, message), and the flatpack/seed CPU-per-order ratios of the orders API
+and of the transactions + analytics pair.
+
 Each step writes <step>.json into the output dir (and its processes' logs into logs/);
 summary.json and a table of figures and ratios come last. Each flatpack step has a
 FLATPACK_TOPIC_PREFIX of its own; the seed uses its fixed, unprefixed topic names, which no
@@ -307,7 +312,9 @@ export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
 
 # --- 1. raw broker -------------------------------------------------------------------------
 if wants raw-broker; then
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
+  cpu_end raw-broker
 fi
 
 # --- 2. Mailpit ----------------------------------------------------------------------------
@@ -333,8 +340,12 @@ seed_ingest() { # <variant> <cmd...>
   start "seed-orders-$variant" "$@"
   pid=$started_pid
   ready=$(wait_ready "seed-orders-$variant" "$pid" "$started_ns" 60 http_answers "http://127.0.0.1:$seed_port/order")
+  svc_pid=([seed-orders]=$pid)
+  cpu_begin
   loadgen "seed-ingest-$variant" --url "http://127.0.0.1:$seed_port" --orders "$orders" \
     --concurrency "$concurrency" --no-follow
+  cpu_end "seed-ingest-$variant"
+  svc_pid=()
   record_service "seed-ingest-$variant" seed-orders "$ready" "$pid"
   stop_group "$pid"
 }
@@ -356,8 +367,12 @@ if wants seed-pipeline; then
   seed_tx=$started_pid
   start seed-analytics env PYTHONUNBUFFERED=1 "$venv/bin/python" "$seed/analytics_backend.py"
   seed_an=$started_pid
+  svc_pid=([seed-transactions]=$seed_tx [seed-analytics]=$seed_an)
+  cpu_begin
   FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" \
     --warmup-seconds "$warmup" --settle-seconds "$settle"
+  cpu_end seed-pipeline
+  svc_pid=()
   record_service seed-pipeline seed-transactions null "$seed_tx"
   record_service seed-pipeline seed-analytics null "$seed_an"
   stop_group "$seed_tx"
