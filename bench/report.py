@@ -50,6 +50,7 @@ def fmt(x, digits=0, unit=""):
 def main():
     out = sys.argv[1]
     raw = load(out, "raw-broker")
+    eos_copy = load(out, "eos-copy")
     sink = load(out, "smtp-sink")
     mailpit = load(out, "mailpit")
     flask = load(out, "seed-ingest-flask")
@@ -112,6 +113,9 @@ def main():
 
     row("raw broker", "produce, msg/s", fmt(get(raw, "messages_per_second")),
         f"{get(raw, 'message_bytes')} B/msg, idempotent acks=all" if raw else "missing")
+    row("raw exactly-once copy", "records/s", fmt(get(eos_copy, "messages_per_second")),
+        (f"{get(eos_copy, 'transactions')} transactions of ≤ {get(eos_copy, 'max_batch')}"
+         + ("" if get(eos_copy, "complete") else ", INCOMPLETE")) if eos_copy else "missing")
     for name, r in (("smtp-sink", sink), ("Mailpit", mailpit)):
         row(name, "accepted e-mails/s", fmt(get(r, "emails_per_second")),
             f"{get(r, 'concurrency')} SMTP connections" if r else "missing")
@@ -143,6 +147,7 @@ def main():
         "flatpack/seed ingest": (ratio(get(ingest, "throughput"), get(seed_best, "throughput")), "≥ 20"),
         "flatpack/seed pipeline": (ratio(get(pipe, "orders_per_second"), get(seed_pipe, "orders_per_second")), "≥ 10"),
         "ingest/raw broker": (ratio(get(ingest, "throughput"), get(raw, "messages_per_second")), "—"),
+        "pipeline/raw exactly-once copy": (ratio(get(pipe, "orders_per_second"), get(eos_copy, "messages_per_second")), "≥ 0.5"),
         "e-mail stage/smtp-sink limit": (ratio(get(femail, "emails_per_second"), get(sink, "emails_per_second")), "≥ 0.8"),
         "e-mail stage/Mailpit limit": (ratio(get(femail_mailpit, "emails_per_second"), get(mailpit, "emails_per_second")), "≥ 0.8"),
         "e-mail stage in max run/smtp-sink limit": (ratio(email_rate, get(sink, "emails_per_second")), "—"),
@@ -191,6 +196,8 @@ def main():
             return r["seen"] + r.get("warmup", 0)
         if "sent" in r:
             return r["sent"]
+        if "copied" in r:
+            return r["copied"]
         return r.get("messages")
 
     known_names = ["kafka", "mailpit", "smtp-sink", "seed-orders", "seed-transactions",

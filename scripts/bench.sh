@@ -23,6 +23,10 @@ indexes every e-mail on the same two cores, gives the e-mail steps a second line
 
   1. raw-broker       the broker's produce capacity for orders as the orders service writes
                       them (loadgen produce: the services' idempotent acks=all producer)
+     eos-copy         the raw exactly-once copy loop: --orders orders copied from
+                      order_details to another topic, offsets committed in each transaction
+                      of at most 5,000, as the services commit (loadgen eos-copy): the
+                      ceiling of an exactly-once stage on this broker
   2. smtp             the SMTP servers' own acceptance rates for the e-mails the email
                       service sends (loadgen smtp: the email crate's sender,
                       --smtp-concurrency senders): smtp-sink, then mailpit
@@ -72,7 +76,7 @@ Options:
                          (default 300; 60 with --quick)
   --gunicorn-workers W   gunicorn workers for the seed (default 2 * cores + 1)
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
-                         raw-broker, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
+                         raw-broker, eos-copy, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
                          flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
                          telemetry (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
@@ -88,7 +92,7 @@ TXT
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 telemetry_rounds=3
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
+all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -315,6 +319,11 @@ if wants raw-broker; then
   cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
   cpu_end raw-broker
+fi
+if wants eos-copy; then
+  cpu_begin
+  FLATPACK_TOPIC_PREFIX="bench.eos-copy." loadgen eos-copy eos-copy --messages "$orders"
+  cpu_end eos-copy
 fi
 
 # --- 2. Mailpit ----------------------------------------------------------------------------

@@ -191,3 +191,36 @@ async fn loadgen_topics_are_plain_so_the_seeds_unkeyed_records_are_accepted() {
     );
     env.cleanup().await;
 }
+
+/// The benchmark's raw exactly-once copy loop copies every record once, in transactions of
+/// at most `max_batch`, and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn eos_copy_copies_every_record_once_in_transactions_of_at_most_max_batch() {
+    let env = test_env!();
+    let report = loadgen::copy::eos_copy(
+        &env.kafka,
+        1_200,
+        500,
+        "19.99".parse().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
+    assert!(report.complete, "{}", report.summary());
+    // The orders and the producer's warm-up record.
+    assert_eq!(
+        (report.messages, report.copied),
+        (1_201, 1_201),
+        "{}",
+        report.summary()
+    );
+    assert!(report.transactions >= 3, "{}", report.summary());
+
+    let mut reader = env.reader(&report.destination);
+    let records = reader
+        .read_at_least(1_201, Duration::from_secs(60))
+        .to_vec();
+    let keys: std::collections::HashSet<_> = records.iter().map(|r| r.key.clone()).collect();
+    assert_eq!((records.len(), keys.len()), (1_201, 1_201));
+    env.cleanup().await;
+}

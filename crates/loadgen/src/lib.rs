@@ -8,6 +8,7 @@
 //! exactly what was posted.
 
 pub mod bench;
+pub mod copy;
 mod follow;
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,8 @@
 //! Kafka settings come from the environment, as for the services (`KAFKA_BOOTSTRAP_SERVERS`,
 //! `FLATPACK_TOPIC_PREFIX`, ...). Exits 1 when anything was lost, duplicated or miscounted.
 //!
-//! Subcommands for `scripts/bench.sh`: `produce` (the broker's raw produce capacity), `smtp`
+//! Subcommands for `scripts/bench.sh`: `produce` (the broker's raw produce capacity),
+//! `eos-copy` (the raw exactly-once copy loop, an exactly-once stage's ceiling), `smtp`
 //! (the SMTP server's acceptance rate, settings as the email service's `SMTP_*`), `feed`
 //! (a pipeline's rate from `order_details` to `analytics_result`) and `topics` (plain topics
 //! for the seed).
@@ -14,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::{KafkaSettings, Settings};
-use loadgen::{Config, Downstream, bench};
+use loadgen::{Config, Downstream, bench, copy};
 use rust_decimal::Decimal;
 
 /// Posts orders to flatpack's orders API and follows them through every topic.
@@ -41,6 +42,27 @@ enum Command {
         /// The price in every order (sets the message size with the rest of the order).
         #[arg(long, default_value = "19.99")]
         price: Decimal,
+        /// Where to write the JSON report (`-` for stdout).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Writes orders to `order_details` (as `produce`), then copies them to another topic
+    /// exactly once, committing the offsets read in each transaction, `--max-batch` per
+    /// transaction: the ceiling of an exactly-once stage on this broker. Exits 1 when a
+    /// record is missing or doubled
+    EosCopy {
+        /// How many records.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Most records per transaction (the services' `TRANSACTIONS_MAX_BATCH`).
+        #[arg(long, default_value_t = 5_000)]
+        max_batch: usize,
+        /// The price in every order.
+        #[arg(long, default_value = "19.99")]
+        price: Decimal,
+        /// Seconds the copy may take before it counts as failed.
+        #[arg(long, default_value_t = 300)]
+        timeout_seconds: u64,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -189,6 +211,18 @@ async fn main() -> anyhow::Result<()> {
             let kafka = KafkaSettings::from_env()?;
             let report = bench::produce(&kafka, messages, in_flight, price).await?;
             finish(report.summary(), json.as_ref(), &report, report.failed == 0)
+        }
+        Some(Command::EosCopy {
+            messages,
+            max_batch,
+            price,
+            timeout_seconds,
+            json,
+        }) => {
+            let kafka = KafkaSettings::from_env()?;
+            let timeout = Duration::from_secs(timeout_seconds);
+            let report = copy::eos_copy(&kafka, messages, max_batch, price, timeout).await?;
+            finish(report.summary(), json.as_ref(), &report, report.complete)
         }
         Some(Command::Smtp {
             emails,

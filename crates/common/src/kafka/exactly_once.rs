@@ -31,7 +31,7 @@ use rdkafka::Offset;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerGroupMetadata};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage, ToBytes};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use serde::de::DeserializeOwned;
@@ -575,8 +575,9 @@ fn send_offsets(
     }
 }
 
-/// Commits, retrying while librdkafka says the commit itself may be retried.
-fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
+/// Commits, retrying while librdkafka says the commit itself may be retried (also for the
+/// benchmark's raw copy loop, which is to commit as this loop does).
+pub fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
     await_deliveries(producer, TXN_CALL_TIMEOUT)?;
     let mut attempts = 0;
     loop {
@@ -621,9 +622,9 @@ fn await_deliveries(
 }
 
 /// Queues a record, waiting for room when the producer's queue is full.
-fn send(
+pub fn send<K: ToBytes + ?Sized>(
     producer: &BaseProducer<FlatpackContext>,
-    mut record: BaseRecord<'_, str, [u8]>,
+    mut record: BaseRecord<'_, K, [u8]>,
 ) -> Result<(), KafkaError> {
     loop {
         match producer.send(record) {
