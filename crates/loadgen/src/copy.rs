@@ -109,19 +109,14 @@ fn copy(
     max_batch: usize,
     timeout: Duration,
 ) -> anyhow::Result<(u64, u64, f64)> {
-    let run = format!("{:08x}", rand::random::<u32>());
-    let consumer = kafka::consumer(
-        settings,
-        "loadgen-copy",
-        &settings.topics().scoped(&format!("loadgen-copy-{run}")),
-    )?;
+    // One name for this run's consumer group and transactional id.
+    let run = settings
+        .topics()
+        .scoped(&format!("loadgen-copy-{:08x}", rand::random::<u32>()));
+    let consumer = kafka::consumer(settings, "loadgen-copy", &run)?;
     read::assign_all(&consumer, source, read::Start::Beginning, TXN_TIMEOUT)?;
-    let producer = kafka::transactional_producer(
-        settings,
-        "loadgen-copy",
-        &settings.topics().scoped(&format!("loadgen-copy-{run}")),
-        Duration::from_secs(60),
-    )?;
+    let producer =
+        kafka::transactional_producer(settings, "loadgen-copy", &run, Duration::from_secs(60))?;
     producer
         .init_transactions(TXN_TIMEOUT)
         .context("initialising the copy loop's transactions")?;
