@@ -21,6 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use clap::ArgGroup;
 use common::KafkaSettings;
 use common::kafka::dead_letter::dlq_headers;
+use common::kafka::exactly_once::{commit, send};
 use common::kafka::read::{Start, assign_all, read_to_end};
 use common::kafka::{FlatpackContext, ensure_topics, reader_to_end, transactional_producer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -720,34 +721,7 @@ fn write_replays(
         )
         .with_context(|| format!("recording the replay of {from} on {replayed_topic}"))?;
     }
-    // A commit that timed out may yet succeed: it is retried, as librdkafka asks, rather
-    // than aborted.
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        match producer.commit_transaction(TIMEOUT) {
-            Ok(()) => return Ok(()),
-            Err(KafkaError::Transaction(err)) if err.is_retriable() && attempts < 3 => {}
-            Err(err) => return Err(err).context("committing the replay's transaction"),
-        }
-    }
-}
-
-/// Sends `record`, waiting for room when the producer's queue is full.
-fn send<'a>(
-    producer: &BaseProducer<FlatpackContext>,
-    mut record: BaseRecord<'a, [u8], [u8]>,
-) -> Result<(), KafkaError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                producer.poll(Duration::from_millis(100));
-                record = back;
-            }
-            Err((err, _)) => return Err(err),
-        }
-    }
+    commit(producer).context("committing the replay's transaction")
 }
 
 #[cfg(test)]

@@ -77,11 +77,12 @@ async fn write_records(
     futures::stream::iter(records)
         .for_each_concurrent(in_flight.max(1), |(id, payload)| async move {
             let record = FutureRecord::to(topic).key(&id).payload(&payload);
-            if producer
+            let sent = producer
                 .send(record, Timeout::After(DELIVERY_TIMEOUT))
                 .await
-                .is_err()
-            {
+                .map_err(|(err, _)| err)
+                .and_then(kafka::acknowledged);
+            if sent.is_err() {
                 failed_ref.fetch_add(1, Ordering::Relaxed);
             }
         })

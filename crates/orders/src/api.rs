@@ -13,6 +13,7 @@ use axum::{Json, Router};
 use common::events::{
     Email, Id, Order, OrderDetails, SCHEMA_VERSION, decode_json, now_epoch_seconds,
 };
+use common::kafka;
 use common::traces;
 use metrics::{counter, histogram};
 use rdkafka::producer::FutureRecord;
@@ -272,14 +273,17 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     let send = state
         .producer
         .send(record, Timeout::After(state.publish_timeout));
-    match tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send).await {
+    let acknowledged = tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send)
+        .await
+        .map(|sent| sent.map_err(|(err, _)| err).and_then(kafka::acknowledged));
+    match acknowledged {
         Ok(Ok(delivery)) => {
             let trace_id = traces::trace_id(&Span::current());
             info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, %trace_id, "order accepted");
             counter!("flatpack_orders_total", "outcome" => "accepted").increment(1);
             Ok(())
         }
-        Ok(Err((err, _))) => {
+        Ok(Err(err)) => {
             warn!(order_id = %key, cause = %err, "order not acknowledged by the broker");
             Err(ApiError::Unavailable)
         }

@@ -506,6 +506,10 @@ pub fn order_body(order_id: u64, price: &str) -> serde_json::Value {
 }
 
 /// Posts `bodies` to the API with `concurrency` requests in flight; returns the statuses.
+///
+/// Does what the API asks of a client: a `503` (the broker did not acknowledge the order)
+/// is sent again after its `Retry-After`, up to [`POST_ATTEMPTS`] times; the same order is
+/// decided once however often it is sent.
 pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: usize) -> Vec<u16> {
     use futures::StreamExt;
     let client = reqwest::Client::builder()
@@ -516,20 +520,37 @@ pub async fn post_all(url: &str, bodies: Vec<serde_json::Value>, concurrency: us
         .map(|body| {
             let client = client.clone();
             async move {
-                client
-                    .post(format!("{url}/order"))
-                    .json(&body)
-                    .send()
-                    .await
-                    .expect("POST /order")
-                    .status()
-                    .as_u16()
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    let response = client
+                        .post(format!("{url}/order"))
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("POST /order");
+                    let status = response.status();
+                    if status != reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        || attempts == POST_ATTEMPTS
+                    {
+                        return status.as_u16();
+                    }
+                    let retry_after = response
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.parse().ok())
+                        .unwrap_or(1);
+                    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+                }
             }
         })
         .buffer_unordered(concurrency)
         .collect()
         .await
 }
+
+/// How often [`post_all`] sends one order that keeps being answered `503`.
+pub const POST_ATTEMPTS: u32 = 5;
 
 /// Starts the analytics service in this process.
 pub fn spawn_analytics(env: &TestEnv) -> InProcess {

@@ -417,7 +417,9 @@ async fn deliver<'a>(
         producer
             .send(record(), Timeout::After(config.delivery_timeout))
             .await
-            .map_err(|(err, _)| anyhow::Error::from(err))
+            .map_err(|(err, _)| err)
+            .and_then(kafka::acknowledged)
+            .map_err(anyhow::Error::from)
     };
     retry(config, stop, &what, send).await.is_some()
 }

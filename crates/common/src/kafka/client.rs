@@ -17,7 +17,9 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryResult, FutureProducer, ProducerContext};
+use rdkafka::producer::{
+    DeliveryResult, FutureProducer, ProducerContext, future_producer::Delivery,
+};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use tracing::{debug, error, info, warn};
@@ -78,6 +80,8 @@ pub struct FlatpackContext {
     complaints: Arc<Mutex<HashMap<String, Throttle>>>,
     /// Rebalances seen (a consumer's): who keeps state per partition reloads it after one.
     rebalances: Arc<AtomicU64>,
+    /// Records reported delivered without an offset (a producer's); see [`acknowledged`].
+    unacknowledged: Arc<AtomicU64>,
 }
 
 impl FlatpackContext {
@@ -86,7 +90,14 @@ impl FlatpackContext {
             client,
             complaints: Arc::default(),
             rebalances: Arc::default(),
+            unacknowledged: Arc::default(),
         }
+    }
+
+    /// How many records this producer reported delivered without an offset since the last
+    /// call (see [`acknowledged`]); resets the count.
+    pub fn take_unacknowledged(&self) -> u64 {
+        self.unacknowledged.swap(0, Ordering::AcqRel)
     }
 
     /// How many rebalances (assignments or revocations) this consumer went through.
@@ -176,6 +187,20 @@ impl ProducerContext for FlatpackContext {
         // A failed delivery inside a transaction makes the commit fail, which aborts and
         // retries the whole batch; here it is only worth a log line (records dropped by an
         // abort not even that).
+        if let Ok(msg) = result
+            && msg.offset() < 0
+        {
+            self.unacknowledged.fetch_add(1, Ordering::AcqRel);
+            if let Some(held_back) = self.admit("unacknowledged") {
+                warn!(
+                    client = self.client,
+                    topic = msg.topic(),
+                    partition = msg.partition(),
+                    held_back,
+                    "{UNACKNOWLEDGED}"
+                );
+            }
+        }
         if let Err((err, msg)) = result {
             if err.rdkafka_error_code() == Some(RDKafkaErrorCode::PurgeQueue) {
                 debug!(
@@ -225,6 +250,28 @@ pub fn describe(tpl: &TopicPartitionList) -> String {
         .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Why a record reported delivered without an offset does not count as written.
+const UNACKNOWLEDGED: &str = "record reported delivered without an offset: the broker never acknowledged it (librdkafka took a later record's acknowledgement for it), so it is treated as not written";
+
+/// The delivery, when the broker acknowledged the record with its offset.
+///
+/// librdkafka reports a record delivered without an offset when it takes a later record's
+/// acknowledgement for it: it assumes the earlier request was written and only its answer
+/// lost. On a partition whose leader was not ready yet, the earlier request was refused
+/// (`NOT_LEADER_OR_FOLLOWER`), the broker accepted the later one first (it takes any first
+/// sequence number from a producer it does not know), and the earlier records were never
+/// written: seen here as orders answered `200` that never reached `order_details`. So such a
+/// delivery is an error, and the record is to be sent again (a copy is decided once).
+pub fn acknowledged(delivery: Delivery) -> Result<Delivery, KafkaError> {
+    if delivery.offset < 0 {
+        warn!(partition = delivery.partition, "{UNACKNOWLEDGED}");
+        return Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+        ));
+    }
+    Ok(delivery)
 }
 
 /// The base configuration every client starts from: where the brokers are, plus any
@@ -389,5 +436,20 @@ mod tests {
         assert_eq!(throttle.admit_at(start + Duration::from_secs(10)), Some(2));
         assert_eq!(throttle.admit_at(start + Duration::from_secs(11)), None);
         assert_eq!(throttle.admit_at(start + Duration::from_secs(25)), Some(1));
+    }
+
+    #[test]
+    fn a_delivery_counts_as_written_only_with_the_offset_the_broker_gave_it() {
+        use rdkafka::Timestamp;
+        let delivery = |offset| Delivery {
+            partition: 2,
+            offset,
+            timestamp: Timestamp::NotAvailable,
+        };
+        assert_eq!(acknowledged(delivery(0)).map(|d| d.offset), Ok(0));
+        assert_eq!(acknowledged(delivery(17)).map(|d| d.offset), Ok(17));
+        // librdkafka's "implicitly acknowledged": RD_KAFKA_OFFSET_INVALID.
+        assert!(acknowledged(delivery(-1001)).is_err());
+        assert!(acknowledged(delivery(-1)).is_err());
     }
 }

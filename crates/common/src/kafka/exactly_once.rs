@@ -484,6 +484,8 @@ fn process_batch<T: Transform>(
     batch: &[OwnedMessage],
     owned: &[i32],
 ) -> Result<u64, KafkaError> {
+    // Counted per transaction: what an earlier, aborted one left does not concern this one.
+    producer.context().take_unacknowledged();
     producer.begin_transaction()?;
     let mut dead_letters = 0;
     let mut out = Vec::new();
@@ -577,8 +579,21 @@ fn send_offsets(
 
 /// Commits, retrying while librdkafka says the commit itself may be retried (also for the
 /// benchmark's raw copy loop, which is to commit as this loop does).
+///
+/// A record reported delivered without an offset (see [`kafka::acknowledged`]) may be missing
+/// from the transaction: the commit fails instead, so the batch is aborted and read again.
 pub fn commit(producer: &BaseProducer<FlatpackContext>) -> Result<(), KafkaError> {
     await_deliveries(producer, TXN_CALL_TIMEOUT)?;
+    let unacknowledged = producer.context().take_unacknowledged();
+    if unacknowledged > 0 {
+        warn!(
+            records = unacknowledged,
+            "records of this transaction were reported delivered without an offset; aborting it"
+        );
+        return Err(KafkaError::MessageProduction(
+            RDKafkaErrorCode::OutOfOrderSequenceNumber,
+        ));
+    }
     let mut attempts = 0;
     loop {
         match producer.commit_transaction(TXN_CALL_TIMEOUT) {

@@ -25,6 +25,6 @@ pub use admin::{
     ensure_topics, retry_until_ok,
 };
 pub use client::{
-    COMPLAINT_INTERVAL, FlatpackContext, Throttle, base_config, consumer, consumer_with, describe,
-    producer, reader_to_end, stream_consumer, transactional_producer,
+    COMPLAINT_INTERVAL, FlatpackContext, Throttle, acknowledged, base_config, consumer,
+    consumer_with, describe, producer, reader_to_end, stream_consumer, transactional_producer,
 };
