@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use common::{KafkaSettings, Settings, Topic};
 use serde_json::{Value, json};
 
-use crate::helpers::{order_body, spawn_orders};
+use crate::helpers::{ServiceProcess, free_addr, order_body, scrape_until, spawn_orders};
 use crate::test_env;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -325,11 +325,12 @@ async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
     assert_eq!(response.status(), 503);
     assert_eq!(response.headers()["retry-after"], "1");
     let error: Value = response.json().await.unwrap();
+    // Without a broker the orders accepted before cannot be read, so nothing is taken.
     assert!(
         error["error"]
             .as_str()
             .unwrap()
-            .contains("could not be confirmed"),
+            .contains("send the same order again"),
         "{error}"
     );
     assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
@@ -339,4 +340,119 @@ async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
     let health = client.get(format!("{url}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     server.abort();
+}
+
+/// Posts `body` and returns the status and the JSON answer.
+async fn post(url: &str, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/order"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /order");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// Asserts a `409` that names `order_id` and tells the client to use a new one.
+fn assert_order_id_used(status: u16, answer: &Value) {
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["field"], json!("order_id"), "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("already used for a different order") && error.contains("new order_id"),
+        "{error}"
+    );
+}
+
+/// An orders API as its own process on a free port, ready.
+async fn start_orders_process(env: &crate::helpers::TestEnv) -> (ServiceProcess, String) {
+    let addr = free_addr();
+    let mut vars = env.service_vars();
+    vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
+    let process = ServiceProcess::start("orders", &vars);
+    let url = format!("http://{addr}");
+    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
+    (process, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_order_again_gets_the_first_answer_and_another_order_under_its_id_a_409() {
+    let env = test_env!();
+    env.create_topics(&[env.topic(Topic::OrderDetails)]).await;
+    let api = spawn_orders(&env).await;
+    let order = order_body(7, "199.00");
+
+    let (status, first) = post(&api.url, &order).await;
+    assert_eq!(status, 200, "{first}");
+    let (status, again) = post(&api.url, &order).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again, first,
+        "a retry is answered with the order as first accepted"
+    );
+
+    let mut dearer = order.clone();
+    dearer["order_details"]["price"] = json!(249.00);
+    let (status, answer) = post(&api.url, &dearer).await;
+    assert_order_id_used(status, &answer);
+    // A declined order sent again with another card is another order: a new order_id.
+    let mut new_card = order.clone();
+    new_card["order_details"]["payment_token"] = json!("tok_visa_2");
+    let (status, answer) = post(&api.url, &new_card).await;
+    assert_order_id_used(status, &answer);
+
+    // A restarted API knows it too: it reads what was accepted from order_details.
+    api.stop().await.unwrap();
+    let api = spawn_orders(&env).await;
+    let (status, after_restart) = post(&api.url, &order).await;
+    assert_eq!(status, 200, "{after_restart}");
+    assert_eq!(after_restart, first);
+    let (status, answer) = post(&api.url, &dearer).await;
+    assert_order_id_used(status, &answer);
+
+    let mut reader = env.reader(&env.topic(Topic::OrderDetails));
+    let records = reader.read_at_least(1, Duration::from_secs(30));
+    assert_eq!(records.len(), 1, "written once");
+    assert_eq!(records[0].json(), first);
+
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_taken_by_one_instance_is_answered_as_such_by_another_and_after_a_sigkill() {
+    let env = test_env!();
+    env.create_topics(&[env.topic(Topic::OrderDetails)]).await;
+    let (one, one_url) = start_orders_process(&env).await;
+    let (_two, two_url) = start_orders_process(&env).await;
+    let order = order_body(11, "59.00");
+
+    let (status, first) = post(&one_url, &order).await;
+    assert_eq!(status, 200, "{first}");
+    // The other instance learns of it from order_details, not from its peer.
+    scrape_until(
+        &format!("{two_url}/metrics"),
+        Duration::from_secs(30),
+        |text| text.lines().any(|line| line == "flatpack_orders_known 1"),
+    )
+    .await;
+    let (status, at_two) = post(&two_url, &order).await;
+    assert_eq!(status, 200, "{at_two}");
+    assert_eq!(at_two, first);
+    let mut other = order.clone();
+    other["user_email"] = json!("bob@example.com");
+    let (status, answer) = post(&two_url, &other).await;
+    assert_order_id_used(status, &answer);
+
+    one.kill();
+    let (_one, one_url) = start_orders_process(&env).await;
+    let (status, after_kill) = post(&one_url, &order).await;
+    assert_eq!(status, 200, "{after_kill}");
+    assert_eq!(after_kill, first);
+
+    let mut reader = env.reader(&env.topic(Topic::OrderDetails));
+    let records = reader.read_at_least(1, Duration::from_secs(30));
+    assert_eq!(records.len(), 1, "written once");
+    env.cleanup().await;
 }

@@ -311,7 +311,11 @@ impl LocalRun {
             "{}",
             self.output()
         );
-        let url = format!("{}/api/traces?service=orders&limit=20", self.jaeger);
+        // Only the orders' traces: probes of /readyz, run.sh's and the test's, are traces too.
+        let url = format!(
+            "{}/api/traces?service=orders&operation=POST%20%2Forder&limit=20",
+            self.jaeger
+        );
         let until = Instant::now() + Duration::from_secs(60);
         let mut last = serde_json::Value::Null;
         loop {

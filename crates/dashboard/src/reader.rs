@@ -7,26 +7,20 @@
 //! marks the initial catch-up done. Messages that do not decode are logged and counted, and
 //! reading goes on (there is no dead-letter topic for a reader that writes nothing).
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::kafka::read::{self, Start};
+use common::kafka::read;
 use common::kafka::{self, FlatpackContext};
 use common::{KafkaSettings, Topic};
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::view::{Event, View};
-
-/// How long one poll waits, and so how soon a reader notices shutdown.
-const POLL: Duration = Duration::from_millis(200);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the readers and the HTTP handlers share.
 #[derive(Debug)]
@@ -89,59 +83,16 @@ pub fn read_topic(
     shared: &Shared,
     stop: &CancellationToken,
 ) {
-    let mut waiting_for_end = loop {
-        match assign_from_beginning(consumer, name) {
-            Ok(partitions) => break partitions,
-            Err(err) => {
-                warn!(
-                    topic = name,
-                    cause = format!("{err:#}"),
-                    "cannot assign yet; retrying"
-                );
-                if wait(stop, Duration::from_secs(1)) {
-                    return;
-                }
-            }
-        }
-    };
-    while !stop.is_cancelled() {
-        match consumer.poll(POLL) {
-            None => {}
-            Some(Ok(message)) => handle(&message, topic, shared),
-            Some(Err(KafkaError::PartitionEOF(partition)))
-                if waiting_for_end.remove(&partition) && waiting_for_end.is_empty() =>
-            {
-                info!(topic = name, "caught up with the topic");
-                shared.caught_up.fetch_add(1, Ordering::AcqRel);
-                shared.changed.send_modify(|version| *version += 1);
-            }
-            // Ends of partitions after the first, or of partitions already at their end.
-            Some(Err(KafkaError::PartitionEOF(_))) => {}
-            // librdkafka retries broker errors by itself; they are worth a line, not a stop.
-            Some(Err(err)) => warn!(topic = name, cause = %err, "reading failed; retrying"),
-        }
-    }
-}
-
-/// Waits up to `pause`; true when `stop` was cancelled meanwhile.
-fn wait(stop: &CancellationToken, pause: Duration) -> bool {
-    let until = std::time::Instant::now() + pause;
-    while std::time::Instant::now() < until {
-        if stop.is_cancelled() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    stop.is_cancelled()
-}
-
-/// Assigns every partition of `name` at its beginning; returns the partition ids.
-fn assign_from_beginning(
-    consumer: &BaseConsumer<FlatpackContext>,
-    name: &str,
-) -> anyhow::Result<HashSet<i32>> {
-    let partitions = read::assign_all(consumer, name, Start::Beginning, METADATA_TIMEOUT)?;
-    Ok(partitions.into_iter().collect())
+    read::follow_from_beginning(
+        consumer,
+        name,
+        stop,
+        |message| handle(message, topic, shared),
+        || {
+            shared.caught_up.fetch_add(1, Ordering::AcqRel);
+            shared.changed.send_modify(|version| *version += 1);
+        },
+    );
 }
 
 fn handle(message: &BorrowedMessage<'_>, topic: Topic, shared: &Shared) {

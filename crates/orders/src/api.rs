@@ -24,6 +24,7 @@ use tracing::{Span, info, warn};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
+use crate::accepted::Known;
 
 /// The request body of `POST /order`: the seed's fields. Unknown fields are ignored, as the
 /// seed ignores them; `time` is set by the server.
@@ -40,7 +41,8 @@ struct OrderRequest {
 pub struct ErrorBody {
     /// What is wrong, in words meant for the client's developer.
     pub error: String,
-    /// The field at fault, as a path (`order_details.price`); only on `422`.
+    /// The field at fault, as a path (`order_details.price`); only on `422`, and `order_id`
+    /// on `409`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -82,6 +84,14 @@ pub enum ApiError {
         "the order could not be confirmed: the message broker did not acknowledge it in time; send the same order again (the same order_id is never decided twice)"
     )]
     Unavailable,
+    #[error(
+        "the order could not be taken yet: the orders accepted before are still being read after a start; send the same order again"
+    )]
+    Restoring,
+    #[error(
+        "order_id {0} was already used for a different order; a new order needs a new order_id (a declined order too: send it again with a new order_id)"
+    )]
+    OrderIdUsed(String),
 }
 
 impl ApiError {
@@ -93,6 +103,8 @@ impl ApiError {
             ApiError::BadBody | ApiError::Syntax(_) => "not_json",
             ApiError::Invalid { .. } => "invalid",
             ApiError::Unavailable => "broker_unavailable",
+            ApiError::Restoring => "restoring",
+            ApiError::OrderIdUsed(_) => "order_id_used",
         }
     }
 }
@@ -106,11 +118,14 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadBody | ApiError::Syntax(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Restoring => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OrderIdUsed(_) => StatusCode::CONFLICT,
         };
         let mut body = ErrorBody::new(self.to_string());
-        if let ApiError::Invalid { field, .. } = self {
-            body.field = Some(field);
+        match self {
+            ApiError::Invalid { field, .. } => body.field = Some(field),
+            ApiError::OrderIdUsed(_) => body.field = Some("order_id".into()),
+            _ => {}
         }
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -184,12 +199,13 @@ async fn count_request(request: Request, next: Next) -> Response {
     path = "/order",
     request_body(content = OrderRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Accepted: the order is on `order_details`.", body = Order),
+        (status = 200, description = "Accepted: the order is on `order_details`. The same order sent again (same `order_id`, same content) is answered with the order as first accepted, `time` included, and is not written again.", body = Order),
         (status = 400, description = "The body is not JSON.", body = ErrorBody),
         (status = 413, description = "The body is larger than `ORDERS_MAX_BODY_BYTES`.", body = ErrorBody),
         (status = 415, description = "The Content-Type is not `application/json`.", body = ErrorBody),
+        (status = 409, description = "The `order_id` was accepted before for a different order (another price, item, card, ...): a new order needs a new `order_id`; `field` is `order_id`.", body = ErrorBody),
         (status = 422, description = "A field is missing or invalid; `field` names it.", body = ErrorBody),
-        (status = 503, description = "The broker did not acknowledge the order in time; send the same order again.",
+        (status = 503, description = "The broker did not acknowledge the order in time, or the orders accepted before are still being read after a start; send the same order again.",
             body = ErrorBody,
             headers(("Retry-After" = u32, description = "Seconds to wait before sending the order again."))),
     )
@@ -230,6 +246,9 @@ async fn post_order(
             problem: err.problem,
         },
     })?;
+    if !state.accepted.caught_up() {
+        return Err(ApiError::Restoring);
+    }
     let order = Order {
         user_id: request.user_id,
         order_id: request.order_id,
@@ -238,7 +257,17 @@ async fn post_order(
         time: now_epoch_seconds(),
         schema: SCHEMA_VERSION,
     };
+    match state.accepted.check(&order) {
+        Known::New => {}
+        Known::Same { time } => {
+            info!(order_id = %order.order_id, "the same order again; answering it as first accepted");
+            counter!("flatpack_orders_total", "outcome" => "repeated").increment(1);
+            return Ok(Json(Order { time, ..order }));
+        }
+        Known::Different => return Err(ApiError::OrderIdUsed(order.order_id.to_string())),
+    }
     publish(&state, &order).await?;
+    state.accepted.written(&order);
     Ok(Json(order))
 }
 
@@ -313,19 +342,26 @@ async fn healthz() -> Json<Probe> {
     )
 )]
 async fn readyz(State(state): State<AppState>) -> Response {
-    if common::ops::is_ready(&state.ready).await {
-        let body = Probe {
-            status: "ready",
-            error: None,
-        };
-        (StatusCode::OK, Json(body)).into_response()
+    let error = if !state.accepted.caught_up() {
+        Some("the orders accepted before are still being read from order_details")
+    } else if !common::ops::is_ready(&state.ready).await {
+        Some("the message broker does not answer")
     } else {
-        let body = Probe {
-            status: "not ready",
-            error: Some("the message broker does not answer"),
-        };
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-    }
+        None
+    };
+    let status = match error {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let body = Probe {
+        status: if error.is_none() {
+            "ready"
+        } else {
+            "not ready"
+        },
+        error,
+    };
+    (status, Json(body)).into_response()
 }
 
 /// This document: the API's OpenAPI 3.1 description.

@@ -2,9 +2,13 @@
 //!
 //! `POST /order` takes the seed's request body, validates it at the edge, publishes the order
 //! to `order_details` keyed by `order_id`, and answers `200` with the accepted order only after
-//! the broker acknowledged the write. `GET /healthz` says the process runs; `GET /readyz` says
-//! the broker answers.
+//! the broker acknowledged the write. An `order_id` it accepted before is answered with the
+//! order as first accepted (the same content) or `409` (other content), without a second
+//! write; every instance knows what any accepted, from `order_details` itself ([`accepted`]).
+//! `GET /healthz` says the process runs; `GET /readyz` says the broker answers and the orders
+//! accepted before are read.
 
+pub mod accepted;
 mod api;
 
 use std::future::Future;
@@ -72,6 +76,8 @@ pub struct AppState {
     topic: Arc<str>,
     /// The broker answers the producer's metadata request for the topic.
     ready: Readiness,
+    /// The orders accepted so far, by `order_id`.
+    accepted: Arc<accepted::Accepted>,
     publish_timeout: Duration,
     max_body_bytes: usize,
 }
@@ -85,21 +91,26 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the producer. Does not contact the broker: a request does.
+    /// Builds the producer. Does not contact the broker: a request does. The index of
+    /// accepted orders starts empty; [`run`] fills it.
     pub fn new(kafka_settings: &KafkaSettings, settings: &OrdersSettings) -> anyhow::Result<Self> {
         let producer: FutureProducer<FlatpackContext> =
             kafka::producer(kafka_settings, "orders", settings.publish_timeout)?;
         let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
+        let accepted = Arc::new(accepted::Accepted::default());
         let ready: Readiness = {
-            let (producer, topic) = (producer.clone(), Arc::clone(&topic));
+            let (producer, topic, accepted) =
+                (producer.clone(), Arc::clone(&topic), Arc::clone(&accepted));
             Arc::new(move || {
-                kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
+                accepted.caught_up()
+                    && kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
             })
         };
         Ok(Self {
             producer,
             topic,
             ready,
+            accepted,
             publish_timeout: settings.publish_timeout,
             max_body_bytes: settings.max_body_bytes,
         })
@@ -121,6 +132,14 @@ pub async fn run(
         let (kafka_settings, names) = (kafka_settings.clone(), [state.topic.to_string()]);
         async move { kafka::await_topics(&kafka_settings, &names, &topics_stop).await }
     });
+    let reading_stop = tokio_util::sync::CancellationToken::new();
+    let _stop_reading_on_return = reading_stop.clone().drop_guard();
+    accepted::follow(
+        &kafka_settings,
+        &state.topic,
+        Arc::clone(&state.accepted),
+        reading_stop,
+    )?;
     let producer = state.producer.clone();
     let addr = listener.local_addr().context("reading the bound address")?;
     info!(%addr, "orders API listening");

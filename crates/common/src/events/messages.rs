@@ -36,9 +36,14 @@ pub struct Order {
 impl Order {
     /// What the customer asked for, as a short fixed-size digest: the same for every copy
     /// of one request (however often it is sent, whatever `time` the API gave each copy),
-    /// different when any field the customer sent differs. Hex of the first 16 bytes of the
-    /// SHA-256 of the request's fields as canonical JSON (object keys sorted).
+    /// different when any field the customer sent differs. Hex of [`Order::digest`].
     pub fn fingerprint(&self) -> String {
+        self.digest().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The first 16 bytes of the SHA-256 of the request's fields as canonical JSON (object
+    /// keys sorted): `time` and `schema`, which the API adds, are not part of it.
+    pub fn digest(&self) -> [u8; 16] {
         use sha2::{Digest, Sha256};
         let request = serde_json::json!({
             "user_id": self.user_id,
@@ -47,7 +52,9 @@ impl Order {
             "order_details": self.order_details,
         });
         let digest = Sha256::digest(request.to_string().as_bytes());
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        let mut first = [0; 16];
+        first.copy_from_slice(&digest[..16]);
+        first
     }
 }
 

@@ -227,6 +227,54 @@ impl<S> Drop for Follower<S> {
     }
 }
 
+/// Reads every partition of `topic` from its beginning until `stop` is cancelled, handing
+/// each message to `each`, and calls `caught_up` once every partition reported the end it
+/// had when reading began. Blocking: run it on a thread of its own.
+///
+/// `consumer` is one made by [`super::reader_to_end`] (it reports the end of each partition)
+/// and reads this topic alone: librdkafka reports an end by partition number only. A broker
+/// that is away, or a topic not there yet, is waited for as long as it takes, saying so.
+pub fn follow_from_beginning<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    stop: &CancellationToken,
+    mut each: impl FnMut(&BorrowedMessage<'_>),
+    caught_up: impl FnOnce(),
+) {
+    const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+    const POLL: Duration = Duration::from_millis(200);
+    let what = format!("reading the partitions of {topic}");
+    let Some(partitions) = super::retry_until_ok(&what, stop, || {
+        assign_all(consumer, topic, Start::Beginning, METADATA_TIMEOUT)
+    }) else {
+        return;
+    };
+    let mut waiting_for_end: HashSet<i32> = partitions.into_iter().collect();
+    let mut caught_up = Some(caught_up);
+    let mut complaints = Throttle::new(COMPLAINT_INTERVAL);
+    while !stop.is_cancelled() {
+        match consumer.poll(POLL) {
+            None => {}
+            Some(Ok(message)) => each(&message),
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                if waiting_for_end.remove(&partition)
+                    && waiting_for_end.is_empty()
+                    && let Some(caught_up) = caught_up.take()
+                {
+                    info!(topic, "caught up with the topic");
+                    caught_up();
+                }
+            }
+            // librdkafka retries broker errors by itself; they are worth a line, not a stop.
+            Some(Err(err)) => {
+                if let Some(held_back) = complaints.admit() {
+                    warn!(topic, cause = %err, held_back, "reading failed; retrying");
+                }
+            }
+        }
+    }
+}
+
 /// Seeks every assigned partition back to its committed offset (or the beginning when the
 /// group has none), so that the messages of an aborted transaction are read again.
 pub fn rewind_to_committed<C: ConsumerContext>(
