@@ -12,6 +12,7 @@ mod dashboard;
 mod dead_letters;
 mod email;
 mod helpers;
+mod idempotency;
 mod loadgen;
 mod metrics;
 mod openapi;

@@ -10,6 +10,9 @@
 //!
 //! An entry is 16 bytes of digest for the `order_id`, 16 for the order's content and the
 //! time it was accepted.
+//!
+//! Copies of one order that reach one instance at the same instant take turns ([`Accepted::turn`]):
+//! the first is written, the others are answered as it was.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,14 +48,40 @@ struct Entry {
     from_log: bool,
 }
 
+/// How many locks the `order_id`s are spread over: requests for different orders rarely
+/// wait for each other.
+const TURNS: usize = 1024;
+
 /// The accepted orders, shared by the request handlers and the reader of `order_details`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Accepted {
     orders: RwLock<HashMap<[u8; 16], Entry>>,
     caught_up: AtomicBool,
+    turns: Box<[tokio::sync::Mutex<()>]>,
+}
+
+impl Default for Accepted {
+    fn default() -> Self {
+        Self {
+            orders: RwLock::default(),
+            caught_up: AtomicBool::default(),
+            turns: (0..TURNS).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
 }
 
 impl Accepted {
+    /// Waits until no other request for `order`'s `order_id` is between its [`check`] and
+    /// its [`written`] on this instance, and holds that turn until the guard is dropped.
+    ///
+    /// [`check`]: Accepted::check
+    /// [`written`]: Accepted::written
+    pub async fn turn(&self, order: &Order) -> tokio::sync::MutexGuard<'_, ()> {
+        let key = key(order);
+        let index = u16::from_le_bytes([key[0], key[1]]) as usize % TURNS;
+        self.turns[index].lock().await
+    }
+
     /// `order_details` was read up to the end it had when this instance started: every
     /// order accepted before is known.
     pub fn caught_up(&self) -> bool {

@@ -257,6 +257,9 @@ async fn post_order(
         time: now_epoch_seconds(),
         schema: SCHEMA_VERSION,
     };
+    // Copies of this order sent at once take turns: the first is written, the others are
+    // answered as it was.
+    let _turn = state.accepted.turn(&order).await;
     match state.accepted.check(&order) {
         Known::New => {}
         Known::Same { time } => {
