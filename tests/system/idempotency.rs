@@ -8,7 +8,7 @@ use common::{AnalyticsResult, Topic};
 use serde_json::{Value, json};
 
 use crate::helpers::mailpit::mailpit;
-use crate::helpers::{Record, ServiceProcess, TestEnv, free_addr, scrape_until};
+use crate::helpers::{Record, ServiceProcess, TestEnv, post_order, start_orders_process};
 use crate::test_env;
 
 /// The four services of one order's way, each its own process.
@@ -27,7 +27,7 @@ impl Pipeline {
         let vars = env.service_vars();
         let mut email_vars = vars.clone();
         email_vars.extend(smtp);
-        let (orders, orders_url) = start_orders(&vars).await;
+        let (orders, orders_url) = start_orders_process(&vars).await;
         Self {
             orders,
             orders_url,
@@ -42,7 +42,7 @@ impl Pipeline {
     /// SIGKILLs each service in turn and starts it again.
     async fn kill_and_restart_each(self) -> Self {
         self.orders.kill();
-        let (orders, orders_url) = start_orders(&self.vars).await;
+        let (orders, orders_url) = start_orders_process(&self.vars).await;
         self.transactions.kill();
         let transactions = ServiceProcess::start("transactions", &transactions_vars(&self.vars));
         self.email.kill();
@@ -72,32 +72,10 @@ fn transactions_vars(vars: &[(String, String)]) -> Vec<(String, String)> {
     vars
 }
 
-async fn start_orders(vars: &[(String, String)]) -> (ServiceProcess, String) {
-    let addr = free_addr();
-    let mut vars = vars.to_vec();
-    vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
-    let orders = ServiceProcess::start("orders", &vars);
-    let url = format!("http://{addr}");
-    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
-    (orders, url)
-}
-
 /// Sends `body` `copies` times at once; returns each answer's status and body.
 async fn post_copies(url: &str, body: &Value, copies: usize) -> Vec<(u16, Value)> {
     let client = reqwest::Client::new();
-    let sends = (0..copies).map(|_| {
-        let client = client.clone();
-        async move {
-            let response = client
-                .post(format!("{url}/order"))
-                .json(body)
-                .send()
-                .await
-                .expect("POST /order");
-            let status = response.status().as_u16();
-            (status, response.json().await.expect("a JSON answer"))
-        }
-    });
+    let sends = (0..copies).map(|_| post_order(&client, url, body));
     futures::future::join_all(sends).await
 }
 

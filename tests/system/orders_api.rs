@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use common::{KafkaSettings, Settings, Topic};
 use serde_json::{Value, json};
 
-use crate::helpers::{ServiceProcess, free_addr, order_body, scrape_until, spawn_orders};
+use crate::helpers::{order_body, post_order, scrape_until, spawn_orders, start_orders_process};
 use crate::test_env;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -344,14 +344,7 @@ async fn post_order_without_a_broker_answers_503_within_the_publish_timeout() {
 
 /// Posts `body` and returns the status and the JSON answer.
 async fn post(url: &str, body: &Value) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/order"))
-        .json(body)
-        .send()
-        .await
-        .expect("POST /order");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("a JSON answer"))
+    post_order(&reqwest::Client::new(), url, body).await
 }
 
 /// Asserts a `409` that names `order_id` and tells the client to use a new one.
@@ -363,17 +356,6 @@ fn assert_order_id_used(status: u16, answer: &Value) {
         error.contains("already used for a different order") && error.contains("new order_id"),
         "{error}"
     );
-}
-
-/// An orders API as its own process on a free port, ready.
-async fn start_orders_process(env: &crate::helpers::TestEnv) -> (ServiceProcess, String) {
-    let addr = free_addr();
-    let mut vars = env.service_vars();
-    vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
-    let process = ServiceProcess::start("orders", &vars);
-    let url = format!("http://{addr}");
-    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
-    (process, url)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -424,8 +406,8 @@ async fn the_same_order_again_gets_the_first_answer_and_another_order_under_its_
 async fn an_order_taken_by_one_instance_is_answered_as_such_by_another_and_after_a_sigkill() {
     let env = test_env!();
     env.create_topics(&[env.topic(Topic::OrderDetails)]).await;
-    let (one, one_url) = start_orders_process(&env).await;
-    let (_two, two_url) = start_orders_process(&env).await;
+    let (one, one_url) = start_orders_process(&env.service_vars()).await;
+    let (_two, two_url) = start_orders_process(&env.service_vars()).await;
     let order = order_body(11, "59.00");
 
     let (status, first) = post(&one_url, &order).await;
@@ -446,7 +428,7 @@ async fn an_order_taken_by_one_instance_is_answered_as_such_by_another_and_after
     assert_order_id_used(status, &answer);
 
     one.kill();
-    let (_one, one_url) = start_orders_process(&env).await;
+    let (_one, one_url) = start_orders_process(&env.service_vars()).await;
     let (status, after_kill) = post(&one_url, &order).await;
     assert_eq!(status, 200, "{after_kill}");
     assert_eq!(after_kill, first);

@@ -332,6 +332,34 @@ impl OrdersApi {
     }
 }
 
+/// Posts `body` to the orders API at `url`; returns the status and the JSON answer.
+pub async fn post_order(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client
+        .post(format!("{url}/order"))
+        .json(body)
+        .send()
+        .await
+        .expect("POST /order");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON answer"))
+}
+
+/// The orders API as its own process on a free port with `vars`, once it is ready; returns
+/// it and its URL.
+pub async fn start_orders_process(vars: &[(String, String)]) -> (ServiceProcess, String) {
+    let addr = free_addr();
+    let mut vars = vars.to_vec();
+    vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
+    let orders = ServiceProcess::start("orders", &vars);
+    let url = format!("http://{addr}");
+    scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
+    (orders, url)
+}
+
 /// A transactions service running in this process.
 pub struct InProcess {
     stop: Option<oneshot::Sender<()>>,
