@@ -41,6 +41,16 @@ def ratio(a, b):
     return a / b
 
 
+def seconds_between(start, end):
+    """Seconds from one RFC 3339 UTC timestamp (microseconds, `Z`) to another; None if either
+    is missing."""
+    from datetime import datetime
+    if not start or not end:
+        return None
+    parse = lambda t: datetime.strptime(t, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return (parse(end) - parse(start)).total_seconds()
+
+
 def fmt(x, digits=0, unit=""):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
@@ -63,6 +73,8 @@ def main():
     femail_mailpit = load(out, "flatpack-email-mailpit")
     frate = load(out, "flatpack-rate")
     frate_mailpit = load(out, "flatpack-rate-mailpit")
+    fscale = load(out, "flatpack-scale")
+    leave = load(out, "flatpack-scale-leave") or {}
     services = load(out, "services") or []
     cpu = load(out, "cpu") or []
     machine = load(out, "machine") or {}
@@ -142,6 +154,21 @@ def main():
             fmt(get(stage(r, "order_confirmed"), "latency", "p99_ms"), 1, " ms"), "target ≤ 150 ms at 1,000/s")
         row(label, "p99 POST→order_email_sent",
             fmt(get(stage(r, "order_email_sent"), "latency", "p99_ms"), 1, " ms"), "target ≤ 300 ms at 1,000/s")
+
+    # Scale-out: the fixed-rate run with two transactions and two email instances, one of each
+    # leaving halfway; its latencies beside the one-instance run's, and how long the leavers'
+    # partitions waited for an instance staying.
+    scale = f"flatpack {fmt(machine.get('rate'))}/s, 2 + 2 instances"
+    row(scale, "orders/s POSTed", fmt(get(fscale, "throughput")), verdict(fscale))
+    for topic in ("order_confirmed", "order_email_sent"):
+        for pct in ("p99_ms", "max_ms"):
+            row(scale, f"{pct[:-3]} POST→{topic}",
+                fmt(get(stage(fscale, topic), "latency", pct), 1, " ms"),
+                "one instance each: " + fmt(get(stage(frate, topic), "latency", pct), 1, " ms"))
+    for service in ("transactions", "email"):
+        waited = seconds_between(leave.get("left_at"), get(leave, "reassigned_at", service))
+        row(scale, f"{service}: leaver's partitions reassigned after", fmt(waited, 1, " s"),
+            f"one instance left after {leave.get('left_after_s', '?')} s" if leave else "missing")
 
     ratios = {
         "flatpack/seed ingest": (ratio(get(ingest, "throughput"), get(seed_best, "throughput")), "≥ 20"),

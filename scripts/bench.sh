@@ -45,6 +45,10 @@ indexes every e-mail on the same two cores, gives the e-mail steps a second line
                       to order_confirmed, order_email_sent and analytics_result
      flatpack-rate    the same at a fixed --rate (default 1000 orders/s); then
                       flatpack-rate-mailpit, the same with Mailpit
+     flatpack-scale   the fixed-rate run with two transactions and two email instances
+                      (each pair one consumer group); halfway through, one of each leaves
+                      (SIGTERM): throughput, loss, duplicates, latency against flatpack-rate,
+                      and how long the leavers' partitions waited for the ones staying
      telemetry        what metrics and traces cost: the fixed-rate run with
                       FLATPACK_METRICS=off and OTEL_SDK_DISABLED=true, and with every span
                       exported to a Jaeger and every /metrics scraped every 5 s, in
@@ -78,7 +82,7 @@ Options:
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
                          raw-broker, eos-copy, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
                          flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
-                         telemetry (default: all)
+                         flatpack-scale, telemetry (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -92,7 +96,7 @@ TXT
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 telemetry_rounds=3
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate telemetry"
+all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate flatpack-scale telemetry"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -230,7 +234,8 @@ group_ticks() { # <pgid>
 }
 # Busy and total ticks of the whole machine, from /proc/stat.
 machine_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
-declare -A cpu_at=() svc_pid=() svc_ready=()
+# gone_ticks: the last CPU ticks of a service that left during a step.
+declare -A cpu_at=() svc_pid=() svc_ready=() gone_ticks=()
 # Remembers the CPU used so far by the broker, Mailpit, smtp-sink and the step's services.
 cpu_begin() {
   local name
@@ -252,7 +257,7 @@ cpu_end() { # <step>
       smtp-sink) pgid=$sink_pgid ;;
       *) pgid=${svc_pid[$name]} ;;
     esac
-    now=$(group_ticks "$pgid")
+    now=${gone_ticks[$name]:-$(group_ticks "$pgid")}
     args+=(--argjson "$name" "$(((now - cpu_at[$name]) * 100000 / clk_tck / (wall_ms > 0 ? wall_ms : 1)))")
     ms=$(jq -c --arg n "$name" --argjson v "$(((now - cpu_at[$name]) * 1000 / clk_tck))" '. + {($n): $v}' <<<"$ms")
   done
@@ -389,20 +394,25 @@ if wants seed-pipeline; then
 fi
 
 # --- 4. flatpack ---------------------------------------------------------------------------
-# Starts the given services with the step's topic prefix and waits for each to be ready.
-start_flatpack() { # <step> <service...>
-  local step=$1 name probe; shift
+# Starts the given services with the step's topic prefix and waits for each to be ready. A
+# service named <binary>@<instance> is one more instance of <binary> (its own instance id,
+# its own ops address).
+start_flatpack() { # <step> <service[@instance]...>
+  local step=$1 name exe instance ops probe; shift
   orders_addr=127.0.0.1:$(fp_free_ports 1)
   dashboard_addr=127.0.0.1:$(fp_free_ports 1)
-  mapfile -t ops_addrs < <(fp_free_ports 3 | sed 's/^/127.0.0.1:/')
-  svc_pid=() svc_ready=()
+  ops_addrs=() svc_pid=() svc_ready=()
   for name in "$@"; do
+    exe=${name%@*} instance=a
+    [[ $name != *@* ]] || instance=${name#*@}
+    ops=127.0.0.1:$(fp_free_ports 1)
+    [[ $exe == orders || $exe == dashboard ]] || ops_addrs+=("$ops")
     start "$step-$name" env FLATPACK_TOPIC_PREFIX="bench.$step." \
       ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
-      TRANSACTIONS_OPS_ADDR="${ops_addrs[0]}" ANALYTICS_OPS_ADDR="${ops_addrs[1]}" \
-      EMAIL_OPS_ADDR="${ops_addrs[2]}" TRANSACTIONS_INSTANCE_ID="bench-$step" "$bin/$name"
+      TRANSACTIONS_OPS_ADDR="$ops" ANALYTICS_OPS_ADDR="$ops" EMAIL_OPS_ADDR="$ops" \
+      TRANSACTIONS_INSTANCE_ID="bench-$step-$instance" "$bin/$exe"
     svc_pid[$name]=$started_pid
-    case "$name" in
+    case "$exe" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
       dashboard) probe=(fp_http_ok "http://$dashboard_addr/readyz") ;;
       *) probe=(log_has "$logs/$step-$name.log" "partitions assigned") ;;
@@ -475,6 +485,46 @@ flatpack_rate() { # <step>
 }
 if wants flatpack-rate; then
   with_each_smtp_server flatpack_rate flatpack-rate
+fi
+
+# Scale-out: two instances of each consumer-group service at the fixed rate; halfway through,
+# one of each leaves (SIGTERM). Writes when they left and when the instances staying were
+# next assigned partitions to $out/flatpack-scale-leave.json.
+if wants flatpack-scale; then
+  start_flatpack scale "${all[@]}" transactions@b email@b
+  leavers=(transactions@b email@b)
+  half=$((rate_orders / rate / 2))
+  cpu_begin
+  FLATPACK_TOPIC_PREFIX="bench.scale." loadgen flatpack-scale --url "http://$orders_addr" \
+    --orders "$rate_orders" --rate "$rate" --concurrency "$concurrency" \
+    --settle-seconds "$settle" &
+  load_pid=$!
+  sleep "$half"
+  # A leaver's CPU counts until it is gone (it commits its open batch and stops).
+  for name in "${leavers[@]}"; do gone_ticks[$name]=$(group_ticks "${svc_pid[$name]}"); done
+  left_at=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
+  for name in "${leavers[@]}"; do kill -TERM -- "-${svc_pid[$name]}" 2>/dev/null || true; done
+  for name in "${leavers[@]}"; do
+    for ((i = 0; i < 300; i++)); do
+      t=$(group_ticks "${svc_pid[$name]}")
+      ((t == 0)) && break
+      gone_ticks[$name]=$t
+      sleep 0.1
+    done
+  done
+  wait "$load_pid" || true
+  cpu_end flatpack-scale
+  takeovers='{}'
+  for name in transactions email; do
+    # The first assignment of the instance staying after the other left.
+    at=$(grep -h "partitions assigned" "$logs/scale-$name.log" | awk -v t="$left_at" '$1 > t { print $1; exit }')
+    takeovers=$(jq -c --arg n "$name" --arg at "$at" '. + {($n): (if $at == "" then null else $at end)}' <<<"$takeovers")
+  done
+  jq -n --arg left "$left_at" --argjson at "$takeovers" --argjson half "$half" \
+    '{left_at: $left, left_after_s: $half, reassigned_at: $at}' >"$out/flatpack-scale-leave.json"
+  for name in "${leavers[@]}"; do unset "svc_pid[$name]"; done
+  gone_ticks=()
+  stop_flatpack flatpack-scale
 fi
 
 # What metrics and traces cost: the fixed-rate run with neither, then with both at work
