@@ -407,7 +407,7 @@ mod tests {
             .keys()
             .map(String::as_str)
             .collect();
-        assert_eq!(statuses, ["200", "400", "413", "415", "422", "503"]);
+        assert_eq!(statuses, ["200", "400", "409", "413", "415", "422", "503"]);
     }
 
     #[test]
