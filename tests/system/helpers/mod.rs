@@ -493,11 +493,6 @@ impl ServiceProcess {
         }
     }
 
-    /// What the service logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
     pub fn is_running(&mut self) -> bool {
         self.child
             .try_wait()

@@ -416,14 +416,6 @@ fn consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     set_default(&mut config, "auto.offset.reset", "earliest");
-    // A static member (`group.instance.id`) does not leave its group when it stops (KIP-345),
-    // so its partitions wait for the session to time out before another instance takes them:
-    // 45 s by librdkafka's default, measured so when one of two transactions instances
-    // stopped (scripts/bench.sh, step flatpack-scale). A restart takes a second, well within
-    // 10 s, and still takes its partitions back at once.
-    if config.get("group.instance.id").is_some() {
-        set_default(&mut config, "session.timeout.ms", "10000");
-    }
     // For the consumer-lag gauge (see `FlatpackContext::stats`).
     set_default(&mut config, "statistics.interval.ms", "5000");
     set_default(&mut config, "client.id", client);
