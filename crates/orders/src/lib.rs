@@ -99,11 +99,9 @@ impl AppState {
         let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
         let accepted = Arc::new(accepted::Accepted::default());
         let ready: Readiness = {
-            let (producer, topic, accepted) =
-                (producer.clone(), Arc::clone(&topic), Arc::clone(&accepted));
+            let (producer, topic) = (producer.clone(), Arc::clone(&topic));
             Arc::new(move || {
-                accepted.caught_up()
-                    && kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
+                kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
             })
         };
         Ok(Self {
