@@ -39,27 +39,6 @@ pub enum Known {
     Different,
 }
 
-/// An order as the index knows it, digested once per request: its key (the `order_id` as
-/// the message key spells it, what transactions deduplicates by) and its content
-/// ([`Order::digest`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Digests {
-    key: [u8; 16],
-    content: [u8; 16],
-}
-
-impl Digests {
-    pub fn of(order: &Order) -> Self {
-        let digest = Sha256::digest(order.order_id.to_string().as_bytes());
-        let mut key = [0; 16];
-        key.copy_from_slice(&digest[..16]);
-        Self {
-            key,
-            content: order.digest(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     content: [u8; 16],
@@ -97,8 +76,9 @@ impl Accepted {
     ///
     /// [`check`]: Accepted::check
     /// [`written`]: Accepted::written
-    pub async fn turn(&self, order: &Digests) -> tokio::sync::MutexGuard<'_, ()> {
-        let index = u16::from_le_bytes([order.key[0], order.key[1]]) as usize % TURNS;
+    pub async fn turn(&self, order: &Order) -> tokio::sync::MutexGuard<'_, ()> {
+        let key = key(order);
+        let index = u16::from_le_bytes([key[0], key[1]]) as usize % TURNS;
         self.turns[index].lock().await
     }
 
@@ -109,37 +89,38 @@ impl Accepted {
     }
 
     /// What is known of `order`'s `order_id`.
-    pub fn check(&self, order: &Digests) -> Known {
+    pub fn check(&self, order: &Order) -> Known {
         let orders = self.orders.read().unwrap_or_else(|p| p.into_inner());
-        match orders.get(&order.key) {
+        match orders.get(&key(order)) {
             None => Known::New,
-            Some(entry) if entry.content == order.content => Known::Same { time: entry.time },
+            Some(entry) if entry.content == order.digest() => Known::Same { time: entry.time },
             Some(_) => Known::Different,
         }
     }
 
-    /// Notes an order this instance wrote at `time` and the broker acknowledged.
-    pub fn written(&self, order: &Digests, time: f64) {
-        self.note(order, time, false);
+    /// Notes an order this instance wrote and the broker acknowledged.
+    pub fn written(&self, order: &Order) {
+        let mut orders = self.orders.write().unwrap_or_else(|p| p.into_inner());
+        orders.entry(key(order)).or_insert(Entry {
+            content: order.digest(),
+            time: order.time,
+            from_log: false,
+        });
+        gauge!("flatpack_orders_known").set(orders.len() as f64);
     }
 
     /// Notes an order read from `order_details`: the first record of an `order_id` wins.
     fn read(&self, order: &Order) {
-        self.note(&Digests::of(order), order.time, true);
-    }
-
-    /// Adds an entry; one read from the log replaces one this instance noted of its write.
-    fn note(&self, order: &Digests, time: f64, from_log: bool) {
         let mut orders = self.orders.write().unwrap_or_else(|p| p.into_inner());
         let entry = Entry {
-            content: order.content,
-            time,
-            from_log,
+            content: order.digest(),
+            time: order.time,
+            from_log: true,
         };
         orders
-            .entry(order.key)
+            .entry(key(order))
             .and_modify(|known| {
-                if from_log && !known.from_log {
+                if !known.from_log {
                     *known = entry;
                 }
             })
@@ -156,6 +137,15 @@ impl Accepted {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The index key of an order: its `order_id` as the message key spells it (what
+/// transactions deduplicates by).
+fn key(order: &Order) -> [u8; 16] {
+    let digest = Sha256::digest(order.order_id.to_string().as_bytes());
+    let mut key = [0; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
 }
 
 /// Reads `topic` into `accepted` on a thread of its own until `stop` is cancelled, waiting
@@ -218,25 +208,21 @@ mod tests {
         .unwrap()
     }
 
-    fn digests(id: u64, price: &str, time: f64) -> Digests {
-        Digests::of(&order(id, price, time))
-    }
-
     #[test]
     fn a_retry_is_known_with_its_first_time_and_other_content_under_the_id_is_different() {
         let accepted = Accepted::default();
-        assert_eq!(accepted.check(&digests(1, "10.00", 5.0)), Known::New);
-        accepted.written(&digests(1, "10.00", 5.0), 5.0);
+        assert_eq!(accepted.check(&order(1, "10.00", 5.0)), Known::New);
+        accepted.written(&order(1, "10.00", 5.0));
         assert_eq!(
-            accepted.check(&digests(1, "10.00", 9.0)),
+            accepted.check(&order(1, "10.00", 9.0)),
             Known::Same { time: 5.0 }
         );
-        assert_eq!(accepted.check(&digests(1, "11.00", 9.0)), Known::Different);
-        assert_eq!(accepted.check(&digests(2, "10.00", 9.0)), Known::New);
+        assert_eq!(accepted.check(&order(1, "11.00", 9.0)), Known::Different);
+        assert_eq!(accepted.check(&order(2, "10.00", 9.0)), Known::New);
         // A second write of the same id keeps the first.
-        accepted.written(&digests(1, "10.00", 7.0), 7.0);
+        accepted.written(&order(1, "10.00", 7.0));
         assert_eq!(
-            accepted.check(&digests(1, "10.00", 9.0)),
+            accepted.check(&order(1, "10.00", 9.0)),
             Known::Same { time: 5.0 }
         );
     }
@@ -244,16 +230,16 @@ mod tests {
     #[test]
     fn the_first_record_in_the_log_replaces_what_this_instance_noted_of_its_own_write() {
         let accepted = Accepted::default();
-        accepted.written(&digests(1, "10.00", 5.0), 5.0);
+        accepted.written(&order(1, "10.00", 5.0));
         // Another instance's order under the same id reached the log first.
         accepted.read(&order(1, "20.00", 4.0));
         assert_eq!(
-            accepted.check(&digests(1, "20.00", 9.0)),
+            accepted.check(&order(1, "20.00", 9.0)),
             Known::Same { time: 4.0 }
         );
         // Ours, later in the log, changes nothing.
         accepted.read(&order(1, "10.00", 5.0));
-        assert_eq!(accepted.check(&digests(1, "10.00", 9.0)), Known::Different);
+        assert_eq!(accepted.check(&order(1, "10.00", 9.0)), Known::Different);
         assert_eq!(accepted.len(), 1);
     }
 }

@@ -24,7 +24,7 @@ use tracing::{Span, info, warn};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
-use crate::accepted::{Digests, Known};
+use crate::accepted::Known;
 
 /// The request body of `POST /order`: the seed's fields. Unknown fields are ignored, as the
 /// seed ignores them; `time` is set by the server.
@@ -259,9 +259,8 @@ async fn post_order(
     };
     // Copies of this order sent at once take turns: the first is written, the others are
     // answered as it was.
-    let digests = Digests::of(&order);
-    let _turn = state.accepted.turn(&digests).await;
-    match state.accepted.check(&digests) {
+    let _turn = state.accepted.turn(&order).await;
+    match state.accepted.check(&order) {
         Known::New => {}
         Known::Same { time } => {
             info!(order_id = %order.order_id, "the same order again; answering it as first accepted");
@@ -271,7 +270,7 @@ async fn post_order(
         Known::Different => return Err(ApiError::OrderIdUsed(order.order_id.to_string())),
     }
     publish(&state, &order).await?;
-    state.accepted.written(&digests, order.time);
+    state.accepted.written(&order);
     Ok(Json(order))
 }
 

@@ -99,9 +99,11 @@ impl AppState {
         let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
         let accepted = Arc::new(accepted::Accepted::default());
         let ready: Readiness = {
-            let (producer, topic) = (producer.clone(), Arc::clone(&topic));
+            let (producer, topic, accepted) =
+                (producer.clone(), Arc::clone(&topic), Arc::clone(&accepted));
             Arc::new(move || {
-                kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
+                accepted.caught_up()
+                    && kafka::broker_answers(producer.client(), &topic, Duration::from_secs(2))
             })
         };
         Ok(Self {
