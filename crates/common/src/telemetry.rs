@@ -23,7 +23,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -73,23 +73,7 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     // where in the code or on which thread it ran, nor its idle time: every order makes four
     // spans, and what they cost is measured (scripts/bench.sh --steps telemetry).
     // None at all with OTEL_SDK_DISABLED=true (then no record carries trace context).
-    let spans = (!sdk_disabled()).then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(traces.tracer(service))
-            .with_location(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_filter(filter_fn(|meta| {
-                let level = *meta.level();
-                if meta.is_span() {
-                    level <= Level::INFO
-                } else {
-                    level <= Level::WARN
-                }
-            }))
-    });
+    let spans = (!sdk_disabled()).then(|| spans_layer(&traces, service));
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(spans)
@@ -113,6 +97,36 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
 }
 
 /// `OTEL_SDK_DISABLED=true`: no spans, no trace context, nothing exported.
+/// The layer that turns spans into OpenTelemetry spans: spans at INFO and above, and events
+/// at WARN and above (recorded on their span).
+///
+/// Its filter asks about every span and event each time (`Interest::sometimes`) rather than
+/// once per callsite: a per-layer filter learns whether it enabled a span from a thread-local
+/// note left by the last `enabled` call, which a callsite cached as always enabled never
+/// makes, so the note could be a stale one left by an unrelated question (a `log` record
+/// passed through `tracing-log` asks without a callsite) and the span went untraced
+/// (tokio-rs/tracing#2519). Seen as an order's request answered with an all-zero trace id.
+fn spans_layer<S>(traces: &SdkTracerProvider, service: &'static str) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(traces.tracer(service))
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
+        .with_filter(dynamic_filter_fn(|meta, _| {
+            let level = *meta.level();
+            if meta.is_span() {
+                level <= Level::INFO
+            } else {
+                level <= Level::WARN
+            }
+        }))
+}
+
 fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -156,4 +170,60 @@ fn tracer_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
             "invalid setting OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)",
         )?;
     Ok(builder.with_batch_exporter(exporter).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing::callsite::{Callsite, Identifier};
+    use tracing::metadata::Kind;
+    use tracing::subscriber::Interest;
+    use tracing::{Metadata, info_span};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    use super::*;
+
+    /// What a `log` record at DEBUG is to `tracing`: metadata asked about without a cached
+    /// callsite interest (`tracing-log` makes such questions).
+    struct LogRecord;
+    static LOG_RECORD: LogRecord = LogRecord;
+    static LOG_RECORD_METADATA: Metadata<'static> = Metadata::new(
+        "log record",
+        "some_crate",
+        Level::DEBUG,
+        None,
+        None,
+        None,
+        tracing::field::FieldSet::new(&[], Identifier(&LOG_RECORD)),
+        Kind::EVENT,
+    );
+    impl Callsite for LogRecord {
+        fn set_interest(&self, _: Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            &LOG_RECORD_METADATA
+        }
+    }
+
+    #[test]
+    fn a_span_is_traced_whatever_the_filters_were_asked_before_it() {
+        let traces = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_filter(EnvFilter::new("info")),
+            )
+            .with(spans_layer(&traces, "test"));
+        tracing::subscriber::with_default(subscriber, || {
+            for round in 0..3 {
+                tracing::dispatcher::get_default(|dispatch| dispatch.enabled(&LOG_RECORD_METADATA));
+                let span = info_span!("request");
+                let context = span.context();
+                assert!(
+                    context.span().span_context().is_valid(),
+                    "round {round}: the span has no trace"
+                );
+            }
+        });
+    }
 }
