@@ -1,6 +1,6 @@
 //! HTTP handlers and the errors they answer with.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -288,26 +288,42 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
 }
 
-/// Writes the order and waits for the broker's acknowledgement (bounded by the producer's
-/// `message.timeout.ms`, which is the publish timeout).
+/// Writes of one order at most, when acknowledgements come without an offset.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// Writes the order and waits for the broker's acknowledgement, within the publish timeout.
 async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     let key = order.order_id.to_string();
     let payload = serde_json::to_vec(order).map_err(|err| {
         warn!(order_id = %key, cause = %err, "order could not be serialised");
         ApiError::Unavailable
     })?;
-    let record = FutureRecord::to(&state.topic)
-        .key(&key)
-        .payload(&payload)
-        .headers(traces::headers(&Span::current()));
-    // The producer gives up after the publish timeout; the outer bound only guards the
-    // guarantee that no request waits much longer than that.
-    let send = state
-        .producer
-        .send(record, Timeout::After(state.publish_timeout));
-    let acknowledged = tokio::time::timeout(state.publish_timeout + Duration::from_secs(1), send)
-        .await
-        .map(|sent| sent.map_err(|(err, _)| err).and_then(kafka::acknowledged));
+    // A delivery without an offset may be of a record never written (see
+    // `kafka::acknowledged`): it is written again, as a client would after a `503`. Should
+    // the first copy have been written after all, transactions skips the second, and this
+    // API's index keeps the first.
+    let deadline = Instant::now() + state.publish_timeout;
+    let mut attempt = 1;
+    let acknowledged = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let record = FutureRecord::to(&state.topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(traces::headers(&Span::current()));
+        // The producer gives up after the time left; the outer bound only guards the
+        // guarantee that no request waits much longer than the publish timeout.
+        let send = state.producer.send(record, Timeout::After(left));
+        let sent = tokio::time::timeout(left + Duration::from_secs(1), send)
+            .await
+            .map(|sent| sent.map_err(|(err, _)| err));
+        match sent {
+            Ok(Ok(delivery)) if delivery.offset < 0 && attempt < PUBLISH_ATTEMPTS => {
+                attempt += 1;
+                warn!(order_id = %key, attempt, "the broker's acknowledgement came without an offset; writing the order again");
+            }
+            other => break other.map(|sent| sent.and_then(kafka::acknowledged)),
+        }
+    };
     match acknowledged {
         Ok(Ok(delivery)) => {
             let trace_id = traces::trace_id(&Span::current());
