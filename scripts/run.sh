@@ -57,6 +57,8 @@ export JAEGER_QUERY_GRPC_ADDR=${JAEGER_QUERY_GRPC_ADDR:-127.0.0.1:16685}
 export OTEL_EXPORTER_OTLP_ENDPOINT=${OTEL_EXPORTER_OTLP_ENDPOINT:-http://$JAEGER_OTLP_HTTP_ADDR}
 # Stable instance ids: a restarted service takes its partitions back at once.
 export EMAIL_INSTANCE_ID=${EMAIL_INSTANCE_ID:-email-1}
+# The on-disk copies of the services' state stores, next to the broker data they copy.
+export FLATPACK_STORE_DIR=${FLATPACK_STORE_DIR:-$state/stores}
 
 if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
   fp_die "flatpack already runs from $state (supervisord pid $pid); control it with $ctl"

@@ -63,6 +63,10 @@ impl Pipeline {
             vars
         };
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        // A consumer session shorter than the tests' outages: the group forgets the
+        // static members of transactions and email while their broker is away, and they
+        // must find their way back in.
+        let session = pair("KAFKA_CONFIG_SESSION_TIMEOUT_MS", "6000");
         let vars = HashMap::from([
             (
                 "orders",
@@ -70,11 +74,15 @@ impl Pipeline {
             ),
             (
                 "transactions",
-                with(vec![pair("TRANSACTIONS_INSTANCE_ID", "fault-test")]),
+                with(vec![
+                    pair("TRANSACTIONS_INSTANCE_ID", "fault-test"),
+                    session.clone(),
+                ]),
             ),
             ("email", {
                 let mut extra = mailpit.smtp_vars();
                 extra.push(pair("EMAIL_INSTANCE_ID", "fault-test"));
+                extra.push(session);
                 with(extra)
             }),
             ("analytics", with(Vec::new())),

@@ -223,3 +223,99 @@ async fn two_instances_during_a_stream_keep_the_totals_exact_and_one_takes_over(
     api.stop().await.unwrap();
     env.cleanup().await;
 }
+
+/// A decision on order `id` at price 10, as transactions writes it: confirmed, or declined
+/// for the orders this test uses as markers.
+fn decision(id: u64, confirmed: bool) -> Vec<u8> {
+    let status = if confirmed { "confirmed" } else { "declined" };
+    json!({"user_id": 7, "order_id": id, "user_email": "buyer@example.com",
+        "order_details": {"price": 10}, "time": 1_700_000_000.5, "status": status})
+    .to_string()
+    .into_bytes()
+}
+
+/// Writes confirmed decisions `(key, order id)` to `order_confirmed` in this order, then
+/// after each copy a declined marker `(key, order id)` on the same key: in the copy's
+/// partition, after it.
+async fn produce_decisions(env: &TestEnv, confirmed: &[(&str, u64)], markers: &[(&str, u64)]) {
+    let topic = env.topic(Topic::OrderConfirmed);
+    for (key, id) in confirmed {
+        env.produce(&topic, key, &decision(*id, true)).await;
+    }
+    for (key, id) in markers {
+        env.produce(&topic, key, &decision(*id, false)).await;
+    }
+}
+
+/// The newest result once `declined` markers were counted: by then every decision written
+/// before them in their partitions was read.
+fn result_after_markers(env: &TestEnv, declined: u64) -> AnalyticsResult {
+    let mut reader = env.reader(&env.topic(Topic::AnalyticsResult));
+    let records = reader
+        .read_until(
+            &format!("a result counting {declined} declined orders"),
+            Duration::from_secs(120),
+            |records| {
+                results(records)
+                    .iter()
+                    .any(|r| r.total_declined_count >= declined)
+            },
+        )
+        .to_vec();
+    results(&records).into_iter().max_by_key(|r| r.seq).unwrap()
+}
+
+/// Asserts that once the declined markers are counted, the newest result counts
+/// `(decisions, confirmed, declined)`; returns it.
+async fn assert_counted_after_markers(env: &TestEnv, expected: (u64, u64, u64)) -> AnalyticsResult {
+    let env2 = env.clone();
+    let last = tokio::task::spawn_blocking(move || result_after_markers(&env2, expected.2))
+        .await
+        .unwrap();
+    assert_eq!(
+        (last.seq, last.total_orders_count, last.total_declined_count),
+        expected,
+        "each order counted once: {last:?}"
+    );
+    last
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_decision_counted_before_is_never_counted_again_whatever_its_partition_and_after_a_restart()
+ {
+    let env = test_env!();
+    create_pipeline_topics(&env).await;
+    let store_dir = std::env::temp_dir().join(format!("{}analytics-state", env.prefix));
+    let mut vars = analytics_vars(&env);
+    vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
+    let analytics = ServiceProcess::start("analytics", &vars);
+
+    let keys: Vec<String> = (1..=10).map(|id| id.to_string()).collect();
+    let firsts: Vec<(&str, u64)> = keys
+        .iter()
+        .zip(1..)
+        .map(|(k, id)| (k.as_str(), id))
+        .collect();
+    produce_decisions(&env, &firsts, &[]).await;
+    // Copies: order 3 again under its key, order 4 under another key (so most likely in
+    // another partition).
+    produce_decisions(
+        &env,
+        &[("3", 3), ("elsewhere", 4)],
+        &[("3", 11), ("elsewhere", 12)],
+    )
+    .await;
+    assert_counted_after_markers(&env, (12, 10, 2)).await;
+
+    // After a crash, the orders counted are known still.
+    analytics.kill();
+    let analytics = ServiceProcess::start("analytics", &vars);
+    produce_decisions(&env, &[("5", 5), ("again", 6)], &[("5", 13), ("again", 14)]).await;
+    let last = assert_counted_after_markers(&env, (14, 10, 4)).await;
+    assert_eq!(last.total_revenue_exact, Decimal::from(100));
+
+    let status = analytics.terminate(Duration::from_secs(30));
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    let _ = std::fs::remove_dir_all(&store_dir);
+    env.cleanup().await;
+}

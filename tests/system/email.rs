@@ -466,3 +466,33 @@ async fn copies_of_an_order_in_hand_at_once_get_one_email() {
     email.stop().await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_group_member_joins_again_and_emails_every_later_order() {
+    let env = test_env!();
+    let Some(mailpit) = mailpit() else { return };
+    create_topics(&env).await;
+    let mut vars = mailpit.smtp_vars();
+    vars.push(("EMAIL_INSTANCE_ID".into(), "usurped".into()));
+    let email = spawn_email(&env, vars);
+    produce_confirmed(&env, &(1..=10).collect::<Vec<_>>()).await;
+    wait_for_records(&env, Topic::OrderEmailSent, 10).await;
+
+    // Another consumer takes the service's static membership: its own consumer is fenced.
+    let usurper = env.clone();
+    let source = env.topic(Topic::OrderConfirmed);
+    tokio::task::spawn_blocking(move || usurper.usurp_static_member("email", "usurped", &source))
+        .await
+        .unwrap();
+
+    produce_confirmed(&env, &(11..=20).collect::<Vec<_>>()).await;
+    let mails = mailpit
+        .wait_for(&query(&env), 20, Duration::from_secs(120))
+        .await;
+    assert_one_mail_each(&env, &mails, 1..=20);
+    let records = email_sent_records(&env, 20).await;
+    assert_one_record_each(&records, 1..=20);
+
+    email.stop().await.expect("a clean stop, not an error");
+    env.cleanup().await;
+}

@@ -7,7 +7,8 @@ use common::Topic;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Record, ServiceProcess, TestEnv, order_body, post_all, spawn_orders, spawn_transactions,
+    Record, ServiceProcess, TestEnv, free_addr, order_body, post_all, scrape_until, spawn_orders,
+    spawn_transactions,
 };
 use crate::test_env;
 
@@ -349,5 +350,123 @@ async fn an_order_is_decided_once_however_often_it_comes_and_a_used_order_id_is_
     assert_exactly_one_each(&records, 1001..=1003);
 
     service.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_group_member_joins_again_and_decides_every_later_order() {
+    let env = test_env!();
+    create_topics(&env).await;
+    let api = spawn_orders(&env).await;
+    let service = spawn_transactions(&env, "usurped");
+    let statuses = post_all(
+        &api.url,
+        (1..=20).map(|id| order_body(id, "5.00")).collect(),
+        4,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    wait_for_decisions(&env, 20);
+
+    // Another consumer takes the service's static membership: its own consumer is fenced.
+    let usurper = env.clone();
+    let source = env.topic(Topic::OrderDetails);
+    // Its transactional id is its `group.instance.id`.
+    let instance = env.kafka.topics().scoped("transactions-usurped");
+    tokio::task::spawn_blocking(move || {
+        usurper.usurp_static_member("transactions", &instance, &source)
+    })
+    .await
+    .unwrap();
+
+    let statuses = post_all(
+        &api.url,
+        (21..=40).map(|id| order_body(id, "5.00")).collect(),
+        4,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let env2 = env.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        let mut reader = env2.reader(&env2.topic(Topic::OrderConfirmed));
+        reader.read_at_least(40, Duration::from_secs(120)).to_vec()
+    })
+    .await
+    .unwrap();
+    assert_exactly_one_each(&records, 1..=40);
+
+    service.stop().await.expect("a clean stop, not an error");
+    api.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_the_on_disk_copy_knows_every_decided_order_and_nothing_is_read_again() {
+    let env = test_env!();
+    create_topics(&env).await;
+    let api = spawn_orders(&env).await;
+    let store_dir = std::env::temp_dir().join(format!("{}transactions-state", env.prefix));
+    let ops_addr = free_addr();
+    let mut vars = process_vars(&env, "durable", 50);
+    vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
+    vars.push(("TRANSACTIONS_OPS_ADDR".into(), ops_addr.clone()));
+    let service = ServiceProcess::start("transactions", &vars);
+    let statuses = post_all(
+        &api.url,
+        (1..=30).map(|id| order_body(id, "5")).collect(),
+        4,
+    )
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let env2 = env.clone();
+    tokio::task::spawn_blocking(move || wait_for_decisions(&env2, 30))
+        .await
+        .unwrap();
+    assert!(service.terminate(Duration::from_secs(30)).success());
+
+    let service = ServiceProcess::start("transactions", &vars);
+    // A copy of order 5 as orders wrote it, and a new order.
+    let env2 = env.clone();
+    let order_5 = tokio::task::spawn_blocking(move || {
+        env2.reader(&env2.topic(Topic::OrderDetails))
+            .read_at_least(30, Duration::from_secs(60))
+            .iter()
+            .find(|r| r.key.as_deref() == Some("5"))
+            .expect("order 5 in order_details")
+            .payload
+            .clone()
+    })
+    .await
+    .unwrap();
+    env.produce(&env.topic(Topic::OrderDetails), "5", &order_5)
+        .await;
+    let statuses = post_all(&api.url, vec![order_body(31, "5")], 1).await;
+    assert_eq!(statuses, [200]);
+
+    let changelog = env.kafka.topics().changelog("transactions-decided");
+    let metrics = scrape_until(
+        &format!("http://{ops_addr}/metrics"),
+        Duration::from_secs(60),
+        |text| text.contains("flatpack_duplicate_orders_total{outcome=\"skipped\"} 1"),
+    )
+    .await;
+    let restored = format!("flatpack_state_restored_total{{changelog=\"{changelog}\"}} 0");
+    assert!(
+        metrics.lines().any(|line| line == restored),
+        "the restart read no decided order again ({restored}):\n{metrics}"
+    );
+    let env2 = env.clone();
+    let records = tokio::task::spawn_blocking(move || {
+        env2.reader(&env2.topic(Topic::OrderConfirmed))
+            .read_at_least(31, Duration::from_secs(60))
+            .to_vec()
+    })
+    .await
+    .unwrap();
+    assert_exactly_one_each(&records, 1..=31);
+
+    assert!(service.terminate(Duration::from_secs(30)).success());
+    let _ = std::fs::remove_dir_all(&store_dir);
+    api.stop().await.unwrap();
     env.cleanup().await;
 }

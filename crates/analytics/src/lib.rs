@@ -20,11 +20,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::events::AnalyticsResult;
+use common::kafka::Written;
 use common::kafka::dead_letter::decode;
 use common::kafka::exactly_once::{
-    ExactlyOnceConfig, Fenced, Membership, Output, Source, Transform, run_exactly_once,
+    ExactlyOnceConfig, Fenced, Membership, Output, Refused, Source, Transform, run_exactly_once,
 };
 use common::kafka::read::{self, Start};
+use common::kafka::state::{self, Store};
 use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, OrderDecision, Settings, Topic, kafka};
@@ -98,6 +100,11 @@ struct Count {
     totals: Totals,
     /// The totals as of the last committed transaction, to fall back to on an abort.
     committed: Totals,
+    /// The `order_id`s counted, each in the changelog partition [`state::partition_of`] gives
+    /// it (this instance reads every partition, and a decision may come on any).
+    counted: Store,
+    /// Partitions of the source, and so of the changelog.
+    partitions: i32,
     tally: Tally,
 }
 
@@ -118,12 +125,33 @@ impl Transform for Count {
         Ok(())
     }
 
+    fn assigned(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        self.partitions = partitions.len() as i32;
+        self.counted.restore(partitions)
+    }
+
     fn apply(
         &mut self,
         decision: OrderDecision,
         _from: Source<'_>,
         out: &mut Vec<Output>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
+        let order_id = decision.order.order_id.to_string();
+        let partition = state::partition_of(&order_id, self.partitions);
+        if self.counted.get(partition, &order_id)?.is_some() {
+            info!(order_id = %order_id, "counted before; skipping this decision");
+            self.tally.count(
+                "flatpack_duplicate_decisions_total",
+                "status",
+                decision.status.as_str(),
+            );
+            return Ok(());
+        }
+        out.push(self.counted.put(
+            partition,
+            order_id,
+            decision.status.as_str().as_bytes().to_vec(),
+        ));
         let result = self.totals.count(&decision);
         let status = decision.status.as_str();
         self.tally
@@ -136,15 +164,22 @@ impl Transform for Count {
         Ok(())
     }
 
-    fn committed(&mut self) {
+    fn committed(&mut self, written: &Written) {
+        self.counted.committed(written);
         self.committed.clone_from(&self.totals);
         self.tally.commit();
     }
 
     fn aborted(&mut self) {
+        self.counted.aborted();
         self.totals.clone_from(&self.committed);
         self.tally.abort();
     }
+}
+
+/// The changelog of the counted `order_id`s.
+fn counted_changelog(kafka: &KafkaSettings) -> String {
+    kafka.topics().changelog("analytics-counted")
 }
 
 /// Reads every committed result in `topic` to the end and rebuilds the totals from them.
@@ -184,12 +219,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stop = common::shutdown::cancelled_by(shutdown);
     let topic = kafka_settings.topics().name(Topic::OrderConfirmed);
-    let ready = ops::broker_readiness(&kafka_settings, topic)?;
+    let ready = ops::broker_readiness(&kafka_settings, topic.clone())?;
     tokio::spawn(ops::serve(settings.ops_addr, ready, stop.clone()).await?);
     if !kafka::await_stage_topics(
         &kafka_settings,
         Topic::OrderConfirmed,
         Topic::AnalyticsResult,
+        &stop,
+    )
+    .await
+    {
+        return Ok(());
+    }
+    if !kafka::await_changelog(
+        &kafka_settings,
+        &topic,
+        &counted_changelog(&kafka_settings),
         &stop,
     )
     .await
@@ -225,6 +270,12 @@ fn work(
             output_topic: topics.name(Topic::AnalyticsResult),
             totals: Totals::default(),
             committed: Totals::default(),
+            counted: Store::new(
+                kafka_settings,
+                counted_changelog(kafka_settings),
+                &config.transactional_id,
+            ),
+            partitions: 1,
             tally: Tally::default(),
         };
         match run_exactly_once(kafka_settings, &config, count, stop) {

@@ -15,6 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -244,6 +245,11 @@ pub struct KafkaSettings {
     /// `FLATPACK_TOPIC_REPLICATION_FACTOR`: replication factor of topics created at start-up.
     #[serde(rename = "flatpack_topic_replication_factor")]
     pub replication_factor: i32,
+    /// `FLATPACK_STORE_DIR`: where services keep the on-disk copies of their state stores
+    /// (see [`crate::kafka::state`]); unset: in memory, read again from the changelogs at
+    /// each start.
+    #[serde(rename = "flatpack_store_dir")]
+    pub store_dir: Option<PathBuf>,
     /// `KAFKA_CONFIG_*`: librdkafka properties passed through, e.g. for SASL/SSL.
     #[serde(skip)]
     pub client_config: BTreeMap<String, String>,
@@ -256,6 +262,7 @@ impl Default for KafkaSettings {
             topic_prefix: String::new(),
             partitions: 6,
             replication_factor: 1,
+            store_dir: None,
             client_config: BTreeMap::new(),
         }
     }
@@ -380,6 +387,7 @@ mod tests {
                 "FLATPACK_TOPIC_PREFIX",
                 "FLATPACK_TOPIC_PARTITIONS",
                 "FLATPACK_TOPIC_REPLICATION_FACTOR",
+                "FLATPACK_STORE_DIR",
             ]
         );
     }

@@ -20,8 +20,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::events::{DecisionStatus, Order, OrderDecision, SCHEMA_VERSION, now_epoch_seconds};
+use common::kafka::Written;
 use common::kafka::exactly_once::{
-    ExactlyOnceConfig, Membership, Output, Source, Transform, run_exactly_once,
+    ExactlyOnceConfig, Membership, Output, Refused, Source, Transform, run_exactly_once,
 };
 use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
@@ -102,13 +103,14 @@ pub struct Decide<P> {
 }
 
 impl<P: PaymentCheck> Decide<P> {
-    pub fn new(check: P, kafka: &KafkaSettings) -> Self {
+    /// `instance`: the transactional id, which also names the on-disk copy of the state.
+    pub fn new(check: P, kafka: &KafkaSettings, instance: &str) -> Self {
         let topics = kafka.topics();
         Self {
             check,
             source_topic: topics.name(Topic::OrderDetails),
             output_topic: topics.name(Topic::OrderConfirmed),
-            decided: Decided::new(kafka.clone(), changelog(kafka)),
+            decided: Decided::new(kafka, changelog(kafka), instance),
             tally: Tally::default(),
         }
     }
@@ -139,7 +141,7 @@ impl<P: PaymentCheck> Transform for Decide<P> {
         order: Order,
         from: Source<'_>,
         out: &mut Vec<Output>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refused> {
         let order_id = order.order_id.to_string();
         if from.key != Some(order_id.as_bytes()) {
             info!(order_id = %order_id, partition = from.partition, "order keyed by something else; writing it again under its order_id");
@@ -151,7 +153,10 @@ impl<P: PaymentCheck> Transform for Decide<P> {
             return Ok(());
         }
         let fingerprint = order.fingerprint();
-        match self.decided.check(from.partition, &order_id, &fingerprint) {
+        match self
+            .decided
+            .check(from.partition, &order_id, &fingerprint)?
+        {
             Seen::Same => {
                 info!(order_id = %order_id, "decided before; skipping this copy");
                 self.tally
@@ -161,9 +166,9 @@ impl<P: PaymentCheck> Transform for Decide<P> {
             Seen::Different => {
                 self.tally
                     .count("flatpack_duplicate_orders_total", "outcome", "refused");
-                return Err(format!(
+                return Err(Refused::DeadLetter(format!(
                     "order_id {order_id} was already used for a different order; a new order needs a new order_id"
-                ));
+                )));
             }
             Seen::New => {}
         }
@@ -194,12 +199,8 @@ impl<P: PaymentCheck> Transform for Decide<P> {
         self.decided.load(partitions)
     }
 
-    fn revoked(&mut self, partitions: &[i32]) {
-        self.decided.forget(partitions);
-    }
-
-    fn committed(&mut self) {
-        self.decided.committed();
+    fn committed(&mut self, written: &Written) {
+        self.decided.committed(written);
         self.tally.commit();
     }
 
@@ -250,7 +251,7 @@ pub async fn run<P: PaymentCheck>(
         max_batch_wait: settings.batch_wait,
         transaction_timeout: settings.txn_timeout,
     };
-    let transform = Decide::new(check, &kafka_settings);
+    let transform = Decide::new(check, &kafka_settings, &config.transactional_id);
     common::shutdown::run_blocking_until(stop.cancelled_owned(), move |stop| {
         run_exactly_once(&kafka_settings, &config, transform, &stop)
     })

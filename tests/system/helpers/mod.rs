@@ -150,6 +150,31 @@ impl TestEnv {
     }
 }
 
+impl TestEnv {
+    /// Joins consumer group `group` of this namespace as static member `instance` (its
+    /// `group.instance.id` as the service sets it), as a
+    /// second process started with the same instance id would, and returns once the group
+    /// gave it partitions of `topic`. It then goes away without leaving the group: the
+    /// member it replaced is fenced (a fatal error for that consumer) and must join again.
+    pub fn usurp_static_member(&self, group: &str, instance: &str, topic: &str) {
+        let topics = self.kafka.topics();
+        let consumer: BaseConsumer = base_config(&self.kafka)
+            .set("group.id", topics.scoped(group))
+            .set("group.instance.id", instance)
+            .create()
+            .expect("usurping consumer");
+        consumer.subscribe(&[topic]).expect("subscribing");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the group gave {instance} no partition within 60 s"
+            );
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+    }
+}
+
 /// A message read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {

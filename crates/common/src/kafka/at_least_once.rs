@@ -154,12 +154,14 @@ pub async fn run_at_least_once<H: Handler>(
         Some(id) => vec![("group.instance.id", id.as_str())],
         None => Vec::new(),
     };
-    let consumer = Arc::new(kafka::stream_consumer(
-        settings,
-        config.service,
-        &config.group_id,
-        &membership,
-    )?);
+    let join = || -> anyhow::Result<Arc<StreamConsumer<FlatpackContext>>> {
+        let consumer =
+            kafka::stream_consumer(settings, config.service, &config.group_id, &membership)?;
+        consumer
+            .subscribe(&[&source])
+            .with_context(|| format!("subscribing to {source}"))?;
+        Ok(Arc::new(consumer))
+    };
     let producer = kafka::producer(settings, config.service, config.delivery_timeout)?;
     let mut handled = match config.handled {
         Some(topic) => {
@@ -171,9 +173,7 @@ pub async fn run_at_least_once<H: Handler>(
         }
         None => None,
     };
-    consumer
-        .subscribe(&[&source])
-        .with_context(|| format!("subscribing to {source}"))?;
+    let mut consumer = join()?;
     info!(service = config.service, topic = %source, group = %config.group_id, concurrency = config.concurrency, "consuming at least once");
 
     let work = Work {
@@ -193,6 +193,29 @@ pub async fn run_at_least_once<H: Handler>(
     let mut halted = false;
     let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     loop {
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            // The group fenced this member (another consumer joined with its
+            // `group.instance.id`, or it rejoined after its session expired while the broker
+            // was away): a consumer in that state reads nothing more. The inputs in hand are
+            // finished; their offsets cannot be stored any more, so a new consumer, joining
+            // as the same static member, reads them again from the committed offsets, and
+            // the handled keys skip what was done.
+            warn!(service = config.service, ?code, cause = %reason, "the consumer cannot go on; replacing it and reading from the committed offsets");
+            counter!("flatpack_consumers_replaced_total", "service" => config.service).increment(1);
+            while let Some(finished) = in_hand.next().await {
+                if let (Some(key), true, Some(handled)) =
+                    (finished.key, finished.done, handled.as_mut())
+                {
+                    handled.keys.insert(key);
+                }
+            }
+            keys_in_hand.clear();
+            halted = false;
+            uncommitted = false;
+            assignment.clear();
+            consumer = join()?;
+            continue;
+        }
         let stopping = stop.is_cancelled();
         if stopping && in_hand.is_empty() {
             break;

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -82,6 +82,32 @@ pub struct FlatpackContext {
     rebalances: Arc<AtomicU64>,
     /// Records reported delivered without an offset (a producer's); see [`acknowledged`].
     unacknowledged: Arc<AtomicU64>,
+    /// Where the records the broker acknowledged went (a producer's).
+    written: Arc<Mutex<Written>>,
+}
+
+/// The next offset after the last record acknowledged, per topic and partition.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Written(HashMap<String, HashMap<i32, i64>>);
+
+impl Written {
+    /// Notes a record acknowledged at `offset`.
+    pub fn note(&mut self, topic: &str, partition: i32, offset: i64) {
+        let partitions = match self.0.get_mut(topic) {
+            Some(partitions) => partitions,
+            None => self.0.entry(topic.to_owned()).or_default(),
+        };
+        let next = partitions.entry(partition).or_default();
+        *next = (*next).max(offset + 1);
+    }
+
+    /// The next offset after the last record written to each partition of `topic`.
+    pub fn next_offsets(&self, topic: &str) -> impl Iterator<Item = (i32, i64)> + '_ {
+        self.0
+            .get(topic)
+            .into_iter()
+            .flat_map(|partitions| partitions.iter().map(|(p, o)| (*p, *o)))
+    }
 }
 
 impl FlatpackContext {
@@ -91,7 +117,13 @@ impl FlatpackContext {
             complaints: Arc::default(),
             rebalances: Arc::default(),
             unacknowledged: Arc::default(),
+            written: Arc::default(),
         }
+    }
+
+    /// Where this producer's acknowledged records went since the last call; starts over.
+    pub fn take_written(&self) -> Written {
+        std::mem::take(&mut self.written.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// How many records this producer reported delivered without an offset since the last
@@ -187,6 +219,14 @@ impl ProducerContext for FlatpackContext {
         // A failed delivery inside a transaction makes the commit fail, which aborts and
         // retries the whole batch; here it is only worth a log line (records dropped by an
         // abort not even that).
+        if let Ok(msg) = result
+            && msg.offset() >= 0
+        {
+            self.written
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .note(msg.topic(), msg.partition(), msg.offset());
+        }
         if let Ok(msg) = result
             && msg.offset() < 0
         {

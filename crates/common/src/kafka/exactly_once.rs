@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use super::dead_letter::{decode_or_dead_letter, reject};
 use super::read::{self, Start};
-use super::{COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
+use super::{COMPLAINT_INTERVAL, FlatpackContext, Throttle, Written, retry_until_ok};
 use crate::kafka;
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
@@ -85,14 +85,13 @@ pub trait Transform: Send + 'static {
     /// The message type of the source topic.
     type Input: DeserializeOwned;
 
-    /// Turns one input into the records to write (none, one or several). `Err(why)` sends
-    /// the input to the source's dead-letter topic with `why` instead.
+    /// Turns one input into the records to write (none, one or several), or refuses it.
     fn apply(
         &mut self,
         input: Self::Input,
         from: Source<'_>,
         out: &mut Vec<Output>,
-    ) -> Result<(), String>;
+    ) -> Result<(), Refused>;
 
     /// Called once the producer owns its transactional id (any former owner is fenced and
     /// its open transaction aborted), before the first message: load state kept outside.
@@ -110,12 +109,35 @@ pub trait Transform: Send + 'static {
     /// These partitions are no longer this instance's: forget their state.
     fn revoked(&mut self, _partitions: &[i32]) {}
 
-    /// The transaction holding everything applied since the last commit or abort committed.
-    fn committed(&mut self) {}
+    /// The transaction holding everything applied since the last commit or abort committed,
+    /// with the records in `written`.
+    fn committed(&mut self, _written: &Written) {}
 
     /// The transaction was aborted: everything applied since the last commit will be applied
     /// again; forget any state derived from it.
     fn aborted(&mut self) {}
+}
+
+/// Why an input gave no records of its own.
+#[derive(Debug)]
+pub enum Refused {
+    /// The input goes to the source's dead-letter topic with this reason.
+    DeadLetter(String),
+    /// The state the input is checked against could not be read: the transaction is aborted
+    /// and the batch read again.
+    State(anyhow::Error),
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Self {
+        Refused::DeadLetter(why)
+    }
+}
+
+impl From<anyhow::Error> for Refused {
+    fn from(err: anyhow::Error) -> Self {
+        Refused::State(err)
+    }
 }
 
 /// How the instances of a service share the source topic's partitions.
@@ -170,40 +192,34 @@ pub fn run_exactly_once<T: Transform>(
     let topics = settings.topics();
     let source = topics.name(config.source);
     let dlq = topics.dlq(config.source);
-    let consumer = match config.membership {
-        // Static membership under the instance's stable id: a restarted instance takes its
-        // partitions back at once instead of waiting for the group to expire its former self.
-        Membership::Group => kafka::consumer_with(
-            settings,
-            config.service,
-            &config.group_id,
-            &[("group.instance.id", &config.transactional_id)],
-        )?,
-        Membership::Exclusive => kafka::consumer(settings, config.service, &config.group_id)?,
-    };
     let Some(mut producer) = start_producer(settings, config, &mut transform, stop)? else {
         return Ok(());
     };
-    match config.membership {
-        Membership::Group => consumer
-            .subscribe(&[&source])
-            .with_context(|| format!("subscribing to {source}"))?,
-        Membership::Exclusive => {
-            let what = format!("reading the partitions of {source}");
-            let assigned = retry_until_ok(&what, stop, || {
-                read::assign_all(&consumer, &source, Start::Committed, TXN_CALL_TIMEOUT)
-            });
-            if assigned.is_none() {
-                return Ok(());
-            }
-        }
-    }
+    let Some(mut consumer) = start_consumer(settings, config, &source, stop)? else {
+        return Ok(());
+    };
     info!(service = config.service, topic = %source, group = %config.group_id, "consuming exactly once");
 
     let mut batch = Vec::with_capacity(config.max_batch);
     let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     let mut owned = Owned::default();
     while !stop.is_cancelled() {
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            // The group fenced this member (another consumer joined with its
+            // `group.instance.id`, or it rejoined after its session expired while the broker
+            // was away): a consumer in that state reads nothing more. A new one joins as the
+            // same static member and goes on from the committed offsets; the state of the
+            // partitions it gets is loaded again.
+            warn!(service = config.service, ?code, cause = %reason, "the consumer cannot go on; replacing it and reading from the committed offsets");
+            counter!("flatpack_consumers_replaced_total", "service" => config.service).increment(1);
+            owned.forget(&mut transform);
+            drop(consumer);
+            consumer = match start_consumer(settings, config, &source, stop)? {
+                Some(new) => new,
+                None => return Ok(()),
+            };
+            continue;
+        }
         let generation = consumer.context().rebalances();
         collect_batch(&consumer, config, stop, &mut batch, &mut consumer_errors);
         if batch.is_empty() {
@@ -236,7 +252,7 @@ pub fn run_exactly_once<T: Transform>(
         );
         let err = match result {
             Ok(dead_letters) => {
-                transform.committed();
+                transform.committed(&producer.context().take_written());
                 let elapsed = started.elapsed();
                 debug!(
                     service = config.service,
@@ -299,12 +315,53 @@ pub fn run_exactly_once<T: Transform>(
 }
 
 /// Seeks back to the committed offsets, waiting for the broker as long as it takes; `false`
-/// when `stop` came first.
+/// when `stop` came first. A consumer in a fatal state is left as it is: the loop replaces
+/// it, and its successor starts from the committed offsets.
 fn rewind(consumer: &BaseConsumer<FlatpackContext>, stop: &CancellationToken) -> bool {
     retry_until_ok("rewinding to the committed offsets", stop, || {
+        if consumer.client().fatal_error().is_some() {
+            return Ok(());
+        }
         read::rewind_to_committed(consumer, TXN_CALL_TIMEOUT).map_err(Into::into)
     })
     .is_some()
+}
+
+/// A consumer of the source that joined its group (or, for [`Membership::Exclusive`], was
+/// assigned every partition from the committed offsets), waiting for the broker as long as
+/// it takes. `None` when `stop` came first.
+fn start_consumer(
+    settings: &KafkaSettings,
+    config: &ExactlyOnceConfig,
+    source: &str,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<BaseConsumer<FlatpackContext>>> {
+    let consumer = match config.membership {
+        // Static membership under the instance's stable id: a restarted instance takes its
+        // partitions back at once instead of waiting for the group to expire its former self.
+        Membership::Group => kafka::consumer_with(
+            settings,
+            config.service,
+            &config.group_id,
+            &[("group.instance.id", &config.transactional_id)],
+        )?,
+        Membership::Exclusive => kafka::consumer(settings, config.service, &config.group_id)?,
+    };
+    match config.membership {
+        Membership::Group => consumer
+            .subscribe(&[source])
+            .with_context(|| format!("subscribing to {source}"))?,
+        Membership::Exclusive => {
+            let what = format!("reading the partitions of {source}");
+            let assigned = retry_until_ok(&what, stop, || {
+                read::assign_all(&consumer, source, Start::Committed, TXN_CALL_TIMEOUT)
+            });
+            if assigned.is_none() {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(Some(consumer))
 }
 
 /// The source partitions whose state the transform holds, kept equal to the consumer's
@@ -486,6 +543,7 @@ fn process_batch<T: Transform>(
 ) -> Result<u64, KafkaError> {
     // Counted per transaction: what an earlier, aborted one left does not concern this one.
     producer.context().take_unacknowledged();
+    producer.context().take_written();
     producer.begin_transaction()?;
     let mut dead_letters = 0;
     let mut out = Vec::new();
@@ -504,10 +562,18 @@ fn process_batch<T: Transform>(
             payload: message.payload().unwrap_or_default(),
         };
         let rejected = match decode_or_dead_letter::<T::Input>(message, dlq, config.service) {
-            Ok(input) => transform
-                .apply(input, from, &mut out)
-                .err()
-                .map(|why| reject(message, dlq, config.service, &why)),
+            Ok(input) => match transform.apply(input, from, &mut out) {
+                Ok(()) => None,
+                Err(Refused::DeadLetter(why)) => Some(reject(message, dlq, config.service, &why)),
+                Err(Refused::State(err)) => {
+                    warn!(
+                        service = config.service,
+                        cause = format!("{err:#}"),
+                        "the state could not be read"
+                    );
+                    return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+                }
+            },
             Err(dead) => Some(dead),
         };
         if let Some(dead) = rejected {

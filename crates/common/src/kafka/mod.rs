@@ -19,12 +19,13 @@ pub mod client;
 pub mod dead_letter;
 pub mod exactly_once;
 pub mod read;
+pub mod state;
 
 pub use admin::{
     await_changelog, await_stage_topics, await_topics, broker_answers, ensure_plain_topics,
     ensure_topics, retry_until_ok,
 };
 pub use client::{
-    COMPLAINT_INTERVAL, FlatpackContext, Throttle, acknowledged, base_config, consumer,
+    COMPLAINT_INTERVAL, FlatpackContext, Throttle, Written, acknowledged, base_config, consumer,
     consumer_with, describe, producer, reader_to_end, stream_consumer, transactional_producer,
 };

@@ -1,0 +1,497 @@
+//! Keyed state of an exactly-once service, per partition of its source, kept the way Kafka
+//! Streams keeps a state store.
+//!
+//! - **The truth** is a compacted changelog topic with the source's partitions: each entry is
+//!   a record in the partition of the input it was made from, written in the same Kafka
+//!   transaction as the outputs it guards. So state and outputs are committed, or aborted,
+//!   together, and whoever is assigned a partition next finds its state there.
+//! - **A copy** lives in an embedded database ([redb]) in `FLATPACK_STORE_DIR`, so that memory
+//!   stays small however many keys there are, and a restart reads only what the changelog got
+//!   since the copy's checkpoint. Entries go into the copy once their transaction committed,
+//!   with, per partition, the offset after the last changelog record this instance wrote: the
+//!   checkpoint, below which the copy holds every committed entry. Assigned a partition, an
+//!   instance reads the changelog from that checkpoint to its end (what others wrote while
+//!   they held the partition) before applying anything. Without `FLATPACK_STORE_DIR` the copy
+//!   is in memory and each start reads the changelogs from their beginning.
+//!
+//! The copy is written to disk without waiting for it (redb's `Durability::None`), and made
+//! durable every few seconds. A machine that crashes loses the newest entries together with
+//! the checkpoint that covered them (redb commits both at once), so they are read from the
+//! changelog again: the copy is never ahead of its checkpoint.
+//!
+//! [redb]: https://www.redb.org
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use metrics::counter;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use redb::backends::InMemoryBackend;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tracing::{info, warn};
+
+use super::exactly_once::Output;
+use super::read::{self, Start};
+use super::{Written, reader_to_end};
+use crate::settings::KafkaSettings;
+
+/// Entries: (partition, key) → value.
+const ENTRIES: TableDefinition<(u32, &str), &[u8]> = TableDefinition::new("entries");
+/// Checkpoints: partition → the changelog offset below which [`ENTRIES`] holds every
+/// committed record.
+const CHECKPOINTS: TableDefinition<u32, i64> = TableDefinition::new("checkpoints");
+
+/// What redb may cache of the copy in memory.
+const CACHE_BYTES: usize = 8 << 20;
+/// How often the copy is made durable on disk.
+const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// How long reading the changelog of newly assigned partitions may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Entries restored per redb transaction.
+const RESTORE_CHUNK: usize = 10_000;
+
+/// One service instance's store: entries by partition and key.
+pub struct Store {
+    kafka: KafkaSettings,
+    /// The changelog topic (with the source's partitions).
+    changelog: String,
+    /// Where the copy lives (`None`: in memory).
+    path: Option<PathBuf>,
+    db: Option<Database>,
+    /// Entries of the open transaction, by partition and key.
+    pending: HashMap<i32, HashMap<String, Vec<u8>>>,
+    /// Entries committed to Kafka that the copy does not hold yet (its last write failed).
+    unsaved: HashMap<i32, HashMap<String, Vec<u8>>>,
+    /// Checkpoints to write with `unsaved`.
+    unsaved_checkpoints: HashMap<i32, i64>,
+    last_sync: Instant,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("changelog", &self.changelog)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store of `changelog`, kept by `owner` (unique among the instances that may run on
+    /// one machine at once: its file is `<FLATPACK_STORE_DIR>/<owner>.redb`). The copy is
+    /// opened at the first [`Store::restore`].
+    pub fn new(kafka: &KafkaSettings, changelog: String, owner: &str) -> Self {
+        Self {
+            path: kafka
+                .store_dir
+                .as_ref()
+                .map(|dir| dir.join(format!("{owner}.redb"))),
+            kafka: kafka.clone(),
+            changelog,
+            db: None,
+            pending: HashMap::new(),
+            unsaved: HashMap::new(),
+            unsaved_checkpoints: HashMap::new(),
+            last_sync: Instant::now(),
+        }
+    }
+
+    /// The entry under `key` in `partition`, as of the open transaction.
+    pub fn get(&self, partition: i32, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        for layer in [&self.pending, &self.unsaved] {
+            if let Some(value) = layer.get(&partition).and_then(|p| p.get(key)) {
+                return Ok(Some(value.clone()));
+            }
+        }
+        let db = self.db()?;
+        let read = db.begin_read()?;
+        let table = match read.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(table
+            .get((partition as u32, key))?
+            .map(|value| value.value().to_vec()))
+    }
+
+    /// Sets `key` in `partition` in the open transaction; returns the changelog record to
+    /// write in it.
+    pub fn put(&mut self, partition: i32, key: String, value: Vec<u8>) -> Output {
+        let mut record = Output::new(&self.changelog, key.clone(), value.clone());
+        record.partition = Some(partition);
+        self.pending
+            .entry(partition)
+            .or_default()
+            .insert(key, value);
+        record
+    }
+
+    /// The open transaction committed, having written `written`: its entries go into the
+    /// copy, with the checkpoints past them.
+    pub fn committed(&mut self, written: &Written) {
+        for (partition, entries) in self.pending.drain() {
+            self.unsaved.entry(partition).or_default().extend(entries);
+        }
+        for (partition, next) in written.next_offsets(&self.changelog) {
+            let checkpoint = self.unsaved_checkpoints.entry(partition).or_default();
+            *checkpoint = (*checkpoint).max(next);
+        }
+        if self.unsaved.is_empty() && self.unsaved_checkpoints.is_empty() {
+            return;
+        }
+        match self.save() {
+            Ok(()) => {
+                self.unsaved.clear();
+                self.unsaved_checkpoints.clear();
+            }
+            // Kept in memory, and tried again after the next commit.
+            Err(err) => {
+                warn!(changelog = %self.changelog, cause = format!("{err:#}"), "the state's on-disk copy could not be written; keeping the entries in memory")
+            }
+        }
+    }
+
+    /// The open transaction was aborted: its entries are forgotten.
+    pub fn aborted(&mut self) {
+        self.pending.clear();
+    }
+
+    fn save(&mut self) -> anyhow::Result<()> {
+        let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
+        let durability = if sync {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
+        let entries = self.unsaved.iter().flat_map(|(partition, values)| {
+            values
+                .iter()
+                .map(|(key, value)| (*partition, key.as_str(), value.as_slice()))
+        });
+        write(self.db()?, entries, &self.unsaved_checkpoints, durability)?;
+        if sync {
+            self.last_sync = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn db(&self) -> anyhow::Result<&Database> {
+        self.db
+            .as_ref()
+            .context("the state store is used before it was restored")
+    }
+
+    /// Opens the copy ([`Store::restore`] does it first).
+    pub fn open(&mut self) -> anyhow::Result<()> {
+        if self.db.is_some() {
+            return Ok(());
+        }
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = match &self.path {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).with_context(|| {
+                        format!("creating the state directory {}", dir.display())
+                    })?;
+                }
+                match builder.create(path) {
+                    Ok(db) => db,
+                    // Another instance on this machine (a standby that took over from one
+                    // still running) holds it: this one keeps its copy in memory.
+                    Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                        warn!(path = %path.display(), "the state's on-disk copy is held by another process; keeping this instance's copy in memory");
+                        builder.create_with_backend(InMemoryBackend::new())?
+                    }
+                    Err(err) => {
+                        return Err(err).with_context(|| {
+                            format!("opening the state's on-disk copy {}", path.display())
+                        });
+                    }
+                }
+            }
+            None => builder.create_with_backend(InMemoryBackend::new())?,
+        };
+        self.db = Some(db);
+        Ok(())
+    }
+
+    /// Brings the copy of `partitions` up to date: reads their changelog from the copy's
+    /// checkpoints to the end (committed records only). Call it for newly assigned partitions
+    /// before applying any of their input.
+    pub fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.open()?;
+        // Entries not yet in the copy are written first: the checkpoints read below count on it.
+        if !self.unsaved.is_empty() || !self.unsaved_checkpoints.is_empty() {
+            self.save()?;
+            self.unsaved.clear();
+            self.unsaved_checkpoints.clear();
+        }
+        let consumer = reader_to_end(
+            &self.kafka,
+            "state-restore",
+            &self.kafka.topics().scoped("state-restore"),
+            Duration::from_millis(10),
+        )?;
+        let mut from = self.checkpoints(partitions)?;
+        for (&partition, checkpoint) in from.iter_mut() {
+            let (_, end) = consumer
+                .fetch_watermarks(&self.changelog, partition, Duration::from_secs(10))
+                .with_context(|| format!("reading the end of {}[{partition}]", self.changelog))?;
+            if *checkpoint > end {
+                // Not this changelog's copy (the topic was deleted and made again).
+                warn!(changelog = %self.changelog, partition, checkpoint = *checkpoint, end, "the state's on-disk copy is ahead of its changelog; reading the partition again from its beginning");
+                self.clear(partition)?;
+                *checkpoint = 0;
+            }
+        }
+        read::assign_at(
+            &consumer,
+            &self.changelog,
+            partitions,
+            Start::After(&from),
+            RESTORE_TIMEOUT,
+        )?;
+        let db = self.db()?;
+        let mut chunk: Vec<(i32, String, Vec<u8>)> = Vec::new();
+        let mut restored = 0u64;
+        let mut failed: Option<anyhow::Error> = None;
+        let mut flush = |chunk: &mut Vec<(i32, String, Vec<u8>)>, reached: &HashMap<i32, i64>| {
+            restored += chunk.len() as u64;
+            let entries = chunk
+                .iter()
+                .map(|(partition, key, value)| (*partition, key.as_str(), value.as_slice()));
+            let result = write(db, entries, reached, Durability::None);
+            chunk.clear();
+            result
+        };
+        read::read_to_end(
+            &consumer,
+            &self.changelog,
+            partitions,
+            RESTORE_TIMEOUT,
+            |message| {
+                let Some(key) = message.key() else {
+                    warn!(
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "skipping a changelog record without a key"
+                    );
+                    return;
+                };
+                chunk.push((
+                    message.partition(),
+                    String::from_utf8_lossy(key).into_owned(),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+                if chunk.len() >= RESTORE_CHUNK && failed.is_none() {
+                    failed = flush(&mut chunk, &HashMap::new()).err();
+                }
+            },
+        )?;
+        if let Some(err) = failed {
+            return Err(err);
+        }
+        // Where reading stopped: past the last committed record (and any aborted ones).
+        let positions = consumer.position()?;
+        let reached: HashMap<i32, i64> = positions
+            .elements_for_topic(&self.changelog)
+            .iter()
+            .filter_map(|e| e.offset().to_raw().map(|o| (e.partition(), o)))
+            .filter(|(_, offset)| *offset >= 0)
+            .collect();
+        flush(&mut chunk, &reached)?;
+        counter!("flatpack_state_restored_total", "changelog" => self.changelog.clone())
+            .increment(restored);
+        info!(changelog = %self.changelog, ?partitions, ?from, restored, elapsed = ?started.elapsed(), "state restored");
+        Ok(())
+    }
+
+    /// The checkpoint of each of `partitions` (0 where there is none).
+    fn checkpoints(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
+        let read = self.db()?.begin_read()?;
+        let table = match read.open_table(CHECKPOINTS) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(err) => return Err(err.into()),
+        };
+        let mut checkpoints = HashMap::new();
+        for &partition in partitions {
+            let checkpoint = match &table {
+                Some(table) => table.get(partition as u32)?.map_or(0, |v| v.value()),
+                None => 0,
+            };
+            checkpoints.insert(partition, checkpoint);
+        }
+        Ok(checkpoints)
+    }
+
+    /// Drops every entry of `partition` and its checkpoint.
+    fn clear(&mut self, partition: i32) -> anyhow::Result<()> {
+        let db = self.db()?;
+        let txn = db.begin_write()?;
+        {
+            let partition = partition as u32;
+            let mut table = txn.open_table(ENTRIES)?;
+            table.retain_in((partition, "")..(partition + 1, ""), |_, _| false)?;
+            txn.open_table(CHECKPOINTS)?.remove(partition)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Drop for Store {
+    /// Makes the copy durable (an empty commit with redb's default, immediate durability),
+    /// so that the next start reads nothing it already has.
+    fn drop(&mut self) {
+        let Some(db) = &self.db else { return };
+        let synced = || -> anyhow::Result<()> {
+            db.begin_write()?.commit()?;
+            Ok(())
+        };
+        if let Err(err) = synced() {
+            warn!(changelog = %self.changelog, cause = format!("{err:#}"), "the state's on-disk copy could not be made durable");
+        }
+    }
+}
+
+/// The partition of `key` among `partitions`, for a store whose entries are not tied to the
+/// partition of their input (an instance that holds every partition): the same on every
+/// machine and in every release.
+pub fn partition_of(key: &str, partitions: i32) -> i32 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(key.as_bytes());
+    let hash = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+    (hash % partitions.max(1) as u32) as i32
+}
+
+/// Writes `entries` into the copy, with `checkpoints` where they are past the ones it has.
+fn write<'a>(
+    db: &Database,
+    entries: impl Iterator<Item = (i32, &'a str, &'a [u8])>,
+    checkpoints: &HashMap<i32, i64>,
+    durability: Durability,
+) -> anyhow::Result<()> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(durability)?;
+    {
+        let mut table = txn.open_table(ENTRIES)?;
+        for (partition, key, value) in entries {
+            table.insert((partition as u32, key), value)?;
+        }
+        let mut known = txn.open_table(CHECKPOINTS)?;
+        for (&partition, &next) in checkpoints {
+            let current = known.get(partition as u32)?.map(|v| v.value());
+            if current.is_none_or(|current| current < next) {
+                known.insert(partition as u32, next)?;
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(store_dir: Option<PathBuf>) -> KafkaSettings {
+        KafkaSettings {
+            store_dir,
+            ..KafkaSettings::default()
+        }
+    }
+
+    fn opened(kafka: &KafkaSettings) -> Store {
+        let mut store = Store::new(kafka, "changelog".into(), "owner");
+        store.open().unwrap();
+        store
+    }
+
+    fn written(partition: i32, last_offset: i64) -> Written {
+        let mut written = Written::default();
+        written.note("changelog", partition, last_offset);
+        written.note("another-topic", partition, last_offset + 100);
+        written
+    }
+
+    #[test]
+    fn an_entry_is_seen_in_its_transaction_kept_when_it_commits_and_gone_when_it_aborts() {
+        let mut store = opened(&settings(None));
+        let record = store.put(2, "1001".into(), b"a".to_vec());
+        assert_eq!(
+            (record.topic.as_str(), record.partition, record.key.as_str()),
+            ("changelog", Some(2), "1001")
+        );
+        assert_eq!(store.get(2, "1001").unwrap(), Some(b"a".to_vec()));
+        assert_eq!(store.get(1, "1001").unwrap(), None, "per partition");
+        store.committed(&written(2, 40));
+        store.put(2, "1002".into(), b"b".to_vec());
+        store.aborted();
+        assert_eq!(store.get(2, "1001").unwrap(), Some(b"a".to_vec()));
+        assert_eq!(store.get(2, "1002").unwrap(), None);
+        assert_eq!(store.checkpoints(&[2]).unwrap(), HashMap::from([(2, 41)]));
+    }
+
+    #[test]
+    fn the_on_disk_copy_and_its_checkpoints_outlive_the_process_and_only_move_forward() {
+        let dir = std::env::temp_dir().join(format!("flatpack-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let kafka = settings(Some(dir.clone()));
+        {
+            let mut store = opened(&kafka);
+            store.put(0, "7".into(), b"confirmed".to_vec());
+            store.committed(&written(0, 9));
+            store.put(1, "8".into(), b"declined".to_vec());
+            store.committed(&written(1, 3));
+            // A later transaction that wrote nothing to partition 0 leaves its checkpoint.
+            store.put(1, "9".into(), b"declined".to_vec());
+            store.committed(&written(1, 5));
+        }
+        assert!(dir.join("owner.redb").is_file());
+        let store = opened(&kafka);
+        assert_eq!(store.get(0, "7").unwrap(), Some(b"confirmed".to_vec()));
+        assert_eq!(store.get(1, "9").unwrap(), Some(b"declined".to_vec()));
+        assert_eq!(store.get(0, "8").unwrap(), None);
+        assert_eq!(
+            store.checkpoints(&[0, 1, 2]).unwrap(),
+            HashMap::from([(0, 10), (1, 6), (2, 0)])
+        );
+        drop(store);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_on_the_same_copy_keeps_its_own_in_memory() {
+        let dir = std::env::temp_dir().join(format!("flatpack-state-held-{}", std::process::id()));
+        let kafka = settings(Some(dir.clone()));
+        let mut first = opened(&kafka);
+        first.put(0, "1".into(), b"x".to_vec());
+        first.committed(&written(0, 0));
+        let second = opened(&kafka);
+        assert_eq!(second.get(0, "1").unwrap(), None, "not the held copy");
+        drop((first, second));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_key_always_falls_in_the_same_partition() {
+        // Fixed for good (the first four bytes of the key's SHA-256, big-endian, modulo the
+        // partitions): a store written by one release is read by the next.
+        assert_eq!(partition_of("1001", 6), 5);
+        assert_eq!(partition_of("1001", 12), 11);
+        assert_eq!(partition_of("order-42", 6), 1);
+        let spread: std::collections::HashSet<i32> = (0..600)
+            .map(|id| partition_of(&id.to_string(), 6))
+            .collect();
+        assert_eq!(spread, (0..6).collect());
+        assert_eq!(partition_of("anything", 1), 0);
+        assert_eq!(partition_of("anything", 0), 0);
+    }
+}
