@@ -496,3 +496,38 @@ async fn a_fenced_group_member_joins_again_and_emails_every_later_order() {
     email.stop().await.expect("a clean stop, not an error");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_emailed_before_is_not_emailed_again_after_retention_deleted_its_record() {
+    let env = test_env!();
+    let Some(mailpit) = mailpit() else { return };
+    create_topics(&env).await;
+    let store_dir = std::env::temp_dir().join(format!("{}email-store", env.prefix));
+    let mut vars = env.service_vars();
+    vars.extend(mailpit.smtp_vars());
+    vars.push(("EMAIL_INSTANCE_ID".into(), "kept".into()));
+    // One input at a time: when order 4's record is written, the copies before it are done.
+    vars.push(("EMAIL_CONCURRENCY".into(), "1".into()));
+    vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
+    let email = ServiceProcess::start("email", &vars);
+    produce_confirmed(&env, &[1, 2, 3]).await;
+    wait_for_records(&env, Topic::OrderEmailSent, 3).await;
+    assert!(email.terminate(Duration::from_secs(30)).success());
+
+    // Retention deletes the records of the e-mails sent; the decisions come again (a
+    // replay), before a new one.
+    env.delete_all_records(&env.topic(Topic::OrderEmailSent))
+        .await;
+    produce_confirmed(&env, &[1, 2, 3, 4]).await;
+    let email = ServiceProcess::start("email", &vars);
+    let records = email_sent_records(&env, 1).await;
+    assert_one_record_each(&records, 4..=4);
+    let mails = mailpit
+        .wait_for(&query(&env), 4, Duration::from_secs(60))
+        .await;
+    assert_one_mail_each(&env, &mails, 1..=4);
+
+    assert!(email.terminate(Duration::from_secs(30)).success());
+    let _ = std::fs::remove_dir_all(&store_dir);
+    env.cleanup().await;
+}

@@ -125,6 +125,26 @@ impl TestEnv {
         }
     }
 
+    /// Deletes every record of `topic` now on it, as retention does to old ones.
+    pub async fn delete_all_records(&self, topic: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(&self.kafka).create().expect("admin client");
+        let metadata = admin
+            .inner()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("topic metadata");
+        let mut offsets = TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            offsets
+                .add_partition_offset(topic, partition.id(), Offset::End)
+                .expect("a partition offset");
+        }
+        admin
+            .delete_records(&offsets, &AdminOptions::new())
+            .await
+            .expect("deleting the records");
+    }
+
     /// A plain producer for writing test input straight to a topic.
     pub fn producer(&self) -> FutureProducer {
         base_config(&self.kafka)

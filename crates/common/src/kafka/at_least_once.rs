@@ -12,15 +12,16 @@
 //!
 //! A crash between the side effect and the commit repeats the side effect after the
 //! restart, unless the service names its output topic in [`AtLeastOnceConfig::handled`]: the
-//! loop then reads that topic's keys on start and after every partition assignment, and skips
+//! loop then reads that topic's keys on start and after every partition assignment into a
+//! [`Store`] (which keeps them after the topic's retention deleted their records), and skips
 //! inputs whose key is already there (or is being handled right now). A restart or rebalance
 //! thus repeats nothing in the normal case; only a crash inside the narrow window between a
 //! side effect and the acknowledgement of its record does, for the inputs in hand then.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
@@ -40,17 +41,11 @@ use tracing::{Instrument, Span, debug, info, warn};
 
 use super::dead_letter::{DeadLetter, decode_or_log};
 use super::exactly_once::Output;
-use super::read::{self, Start};
+use super::state::Store;
 use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
 use crate::traces;
-
-/// How long reading the handled keys to the end of their topic may take.
-const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long a fetch of the handled-keys reader waits for records that are not there yet.
-const CATCH_UP_FETCH_WAIT: Duration = Duration::from_millis(10);
 
 /// How long shutdown may spend committing offsets and flushing the producer.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -206,7 +201,7 @@ pub async fn run_at_least_once<H: Handler>(
                 if let (Some(key), true, Some(handled)) =
                     (finished.key, finished.done, handled.as_mut())
                 {
-                    handled.keys.insert(key);
+                    handled.insert(key);
                 }
             }
             keys_in_hand.clear();
@@ -233,7 +228,7 @@ pub async fn run_at_least_once<H: Handler>(
                     continue;
                 }
                 if let (Some(key), Some(handled)) = (finished.key, handled.as_mut()) {
-                    handled.keys.insert(key);
+                    handled.insert(key);
                 }
                 match consumer.store_offset(&finished.topic, finished.partition, finished.offset) {
                     Ok(()) => uncommitted = true,
@@ -369,7 +364,7 @@ impl<H: Handler> Work<H> {
         };
         let key = self.handler.key(&input);
         if let Some(handled) = handled {
-            if handled.keys.contains(&key) || keys_in_hand.contains(&key) {
+            if handled.contains(&key) || keys_in_hand.contains(&key) {
                 info!(service, key = %key, "handled before; skipping");
                 return Box::pin(std::future::ready(finished));
             }
@@ -478,29 +473,52 @@ async fn retry<T, F: Future<Output = anyhow::Result<T>>>(
 
 /// The keys on a topic: which inputs were handled, by this instance or any other.
 ///
-/// Every key stays in memory (one short string per handled input); reads after the first
-/// start where the previous one stopped.
+/// A [`Store`] of the topic's keys: in an on-disk copy with `FLATPACK_STORE_DIR` (memory
+/// does not grow with the keys, and the keys stay known after the topic's retention deleted
+/// their records), in memory without. Each read starts at the copy's checkpoints, where the
+/// previous one (of this process or an earlier one) stopped; the keys this instance handled
+/// go into the copy at once, and the checkpoints move only as far as a read got, so a read
+/// never skips what another instance wrote.
 #[derive(Debug)]
 struct HandledKeys {
-    settings: KafkaSettings,
     service: &'static str,
-    group_id: String,
     topic: String,
-    keys: HashSet<String>,
-    /// Where the next read of each partition starts.
-    next: HashMap<i32, i64>,
+    store: Store,
 }
 
 impl HandledKeys {
     fn new(settings: &KafkaSettings, config: &AtLeastOnceConfig, topic: String) -> Self {
+        let owner = format!(
+            "{}-{}",
+            config.group_id,
+            config.instance_id.as_deref().unwrap_or("handled")
+        );
         Self {
-            settings: settings.clone(),
             service: config.service,
-            group_id: format!("{}-handled-reader", config.group_id),
+            store: Store::new(settings, topic.clone(), &owner),
             topic,
-            keys: HashSet::new(),
-            next: HashMap::new(),
         }
+    }
+
+    /// Whether an input with `key` was handled; on a failure to read the copy, taken as not
+    /// (at least once: the input is handled again).
+    fn contains(&self, key: &str) -> bool {
+        self.store
+            .get(0, key)
+            .unwrap_or_else(|err| {
+                warn!(
+                    service = self.service,
+                    key,
+                    cause = format!("{err:#}"),
+                    "the handled keys could not be read; handling the input"
+                );
+                None
+            })
+            .is_some()
+    }
+
+    fn insert(&mut self, key: String) {
+        self.store.remember(0, key);
     }
 
     /// Reads every partition of the topic to its current end (committed records only),
@@ -508,46 +526,12 @@ impl HandledKeys {
     async fn catch_up(mut self, stop: &CancellationToken) -> anyhow::Result<Option<Self>> {
         let stop = stop.clone();
         tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let before = self.keys.len();
             let what = format!("reading the handled keys of {}", self.topic);
-            retry_until_ok(&what, &stop, || self.read_to_end())?;
-            info!(service = self.service, topic = %self.topic, keys = self.keys.len(), new = self.keys.len() - before, elapsed = ?started.elapsed(), "handled keys read");
+            retry_until_ok(&what, &stop, || self.store.restore_all())?;
             Some(self)
         })
         .await
         .context("the handled-keys reader panicked")
-    }
-
-    fn read_to_end(&mut self) -> anyhow::Result<()> {
-        // A fresh consumer each time: it reports the end of each partition once it gets
-        // there, also when it starts there. It never joins its group nor commits.
-        let consumer = kafka::reader_to_end(
-            &self.settings,
-            self.service,
-            &self.group_id,
-            CATCH_UP_FETCH_WAIT,
-        )
-        .context("creating the handled-keys reader")?;
-        let partitions = read::assign_all(
-            &consumer,
-            &self.topic,
-            Start::After(&self.next),
-            CATCH_UP_TIMEOUT,
-        )?;
-        let (keys, next) = (&mut self.keys, &mut self.next);
-        read::read_to_end(
-            &consumer,
-            &self.topic,
-            &partitions,
-            CATCH_UP_TIMEOUT,
-            |message| {
-                if let Some(key) = message.key() {
-                    keys.insert(String::from_utf8_lossy(key).into_owned());
-                }
-                next.insert(message.partition(), message.offset() + 1);
-            },
-        )
     }
 }
 

@@ -11,6 +11,9 @@
 //!   (transactions, analytics).
 //! - [`at_least_once`]: the loop for side effects outside Kafka, retried until they succeed
 //!   and deduplicated by key (email).
+//! - [`state`]: keyed state stores kept the way Kafka Streams keeps them (a compacted
+//!   changelog, and an on-disk copy with checkpoints) for the decided orders, the counted
+//!   orders and the e-mailed ones.
 //! - [`dead_letter`]: decoding a message, and where one that cannot be handled goes.
 
 pub mod admin;

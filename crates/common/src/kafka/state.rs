@@ -1,5 +1,6 @@
 //! Keyed state of an exactly-once service, per partition of its source, kept the way Kafka
-//! Streams keeps a state store.
+//! Streams keeps a state store (and, with [`Store::restore_all`] and [`Store::remember`], the
+//! keys of a whole topic, for the at-least-once loop's handled inputs).
 //!
 //! - **The truth** is a compacted changelog topic with the source's partitions: each entry is
 //!   a record in the partition of the input it was made from, written in the same Kafka
@@ -224,6 +225,33 @@ impl Store {
     /// checkpoints to the end (committed records only). Call it for newly assigned partitions
     /// before applying any of their input.
     pub fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
+        self.read_changelog(Some(partitions), None)
+    }
+
+    /// For a store of the keys of a whole topic (every entry under partition 0, as
+    /// [`Store::remember`] puts them): reads every partition of the topic from the copy's
+    /// checkpoints to its end.
+    pub fn restore_all(&mut self) -> anyhow::Result<()> {
+        self.read_changelog(None, Some(0))
+    }
+
+    /// Notes `key` under `partition` in the copy at once, outside any transaction (an entry
+    /// whose record another write put on the topic).
+    pub fn remember(&mut self, partition: i32, key: String) {
+        self.unsaved
+            .entry(partition)
+            .or_default()
+            .insert(key, Vec::new());
+        self.committed(&Written::default());
+    }
+
+    /// Reads `partitions` (all of the topic's: `None`) from their checkpoints to their end
+    /// into the copy: each entry under its record's partition, or all under `bucket`.
+    fn read_changelog(
+        &mut self,
+        partitions: Option<&[i32]>,
+        bucket: Option<i32>,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
         self.open()?;
         // Entries not yet in the copy are written first: the checkpoints read below count on it.
@@ -238,17 +266,30 @@ impl Store {
             &self.kafka.topics().scoped("state-restore"),
             Duration::from_millis(10),
         )?;
+        let partitions = match partitions {
+            Some(partitions) => partitions.to_vec(),
+            None => read::partitions_of(&consumer, &self.changelog, Duration::from_secs(10))?,
+        };
+        let partitions = partitions.as_slice();
         let mut from = self.checkpoints(partitions)?;
-        for (&partition, checkpoint) in from.iter_mut() {
+        let mut ahead = Vec::new();
+        for (&partition, &checkpoint) in &from {
             let (_, end) = consumer
                 .fetch_watermarks(&self.changelog, partition, Duration::from_secs(10))
                 .with_context(|| format!("reading the end of {}[{partition}]", self.changelog))?;
-            if *checkpoint > end {
+            if checkpoint > end {
                 // Not this changelog's copy (the topic was deleted and made again).
-                warn!(changelog = %self.changelog, partition, checkpoint = *checkpoint, end, "the state's on-disk copy is ahead of its changelog; reading the partition again from its beginning");
-                self.clear(partition)?;
-                *checkpoint = 0;
+                warn!(changelog = %self.changelog, partition, checkpoint, end, "the state's on-disk copy is ahead of its changelog; reading it again from its beginning");
+                ahead.push(partition);
             }
+        }
+        // Entries under one bucket may come from any partition: all are read again.
+        if bucket.is_some() && !ahead.is_empty() {
+            ahead = partitions.to_vec();
+        }
+        for partition in ahead {
+            self.clear(bucket.unwrap_or(partition), partition)?;
+            from.insert(partition, 0);
         }
         read::assign_at(
             &consumer,
@@ -285,7 +326,7 @@ impl Store {
                     return;
                 };
                 chunk.push((
-                    message.partition(),
+                    bucket.unwrap_or(message.partition()),
                     String::from_utf8_lossy(key).into_owned(),
                     message.payload().unwrap_or_default().to_vec(),
                 ));
@@ -331,15 +372,15 @@ impl Store {
         Ok(checkpoints)
     }
 
-    /// Drops every entry of `partition` and its checkpoint.
-    fn clear(&mut self, partition: i32) -> anyhow::Result<()> {
+    /// Drops every entry under `bucket` and the checkpoint of `partition`.
+    fn clear(&mut self, bucket: i32, partition: i32) -> anyhow::Result<()> {
         let db = self.db()?;
         let txn = db.begin_write()?;
         {
-            let partition = partition as u32;
+            let bucket = bucket as u32;
             let mut table = txn.open_table(ENTRIES)?;
-            table.retain_in((partition, "")..(partition + 1, ""), |_, _| false)?;
-            txn.open_table(CHECKPOINTS)?.remove(partition)?;
+            table.retain_in((bucket, "")..(bucket + 1, ""), |_, _| false)?;
+            txn.open_table(CHECKPOINTS)?.remove(partition as u32)?;
         }
         txn.commit()?;
         Ok(())
@@ -478,6 +519,18 @@ mod tests {
         assert_eq!(second.get(0, "1").unwrap(), None, "not the held copy");
         drop((first, second));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_remembered_key_is_in_the_copy_at_once_and_moves_no_checkpoint() {
+        let mut store = opened(&settings(None));
+        store.remember(0, "1001".into());
+        assert_eq!(store.get(0, "1001").unwrap(), Some(Vec::new()));
+        assert!(store.unsaved.is_empty(), "written to the copy");
+        assert_eq!(
+            store.checkpoints(&[0, 1]).unwrap(),
+            HashMap::from([(0, 0), (1, 0)])
+        );
     }
 
     #[test]
