@@ -180,8 +180,12 @@ def main():
         "e-mail stage in max run/smtp-sink limit": (ratio(email_rate, get(sink, "emails_per_second")), "—"),
     }
 
+    # The memory step's services hold a far larger state: they are shown apart.
+    memory_steps = ("flatpack-memory", "flatpack-memory-restart")
     per_service = {}
     for s in services:
+        if s.get("step") in memory_steps:
+            continue
         name = s["service"]
         agg = per_service.setdefault(name, {"peak_rss_mb": 0.0, "ready_ms": None, "steps": 0})
         agg["peak_rss_mb"] = max(agg["peak_rss_mb"], s.get("peak_rss_mb") or 0.0)
@@ -208,6 +212,29 @@ def main():
     for name, agg in per_service.items():
         print(f"  {name:<22}{fmt(agg['peak_rss_mb'], 1, ' MB'):>16}{fmt(agg['ready_ms'], 0, ' ms'):>14}")
     print()
+
+    # Memory with a large state, and a restart on it.
+    memory = {(s["step"], s["service"]): s for s in services if s.get("step") in memory_steps}
+    if memory:
+        fmem = load(out, "flatpack-memory")
+        restart = load(out, "flatpack-memory-restart")
+        restores = load(out, "flatpack-memory-restores") or []
+        def counted(r):
+            return "all counted once" if get(r, "complete") else "NOT all counted"
+
+        print(f"  memory: {fmt(get(fmem, 'orders'))} orders fed ({counted(fmem)}), then every "
+              f"service restarted and 1,000 more ({counted(restart)})")
+        print(f"  {'service':<22}{'peak RSS':>12}{'after restart':>16}{'ready':>10}"
+              f"{'restored':>12}   target ≤ 64 MB, restored ≤ 5 s")
+        for name in dict.fromkeys(n for _, n in memory):
+            first = memory.get(("flatpack-memory", name), {})
+            again = memory.get(("flatpack-memory-restart", name), {})
+            took = [f"{r['elapsed']} ({r['records']} records)" for r in restores
+                    if r.get("service") == name]
+            print(f"  {name:<22}{fmt(first.get('peak_rss_mb'), 1, ' MB'):>12}"
+                  f"{fmt(again.get('peak_rss_mb'), 1, ' MB'):>16}{fmt(again.get('ready_ms'), 0, ' ms'):>10}"
+                  f"   {', '.join(took) or '—'}")
+        print()
 
     # What each step handled, for CPU per unit: orders accepted or fed (warm-up included, as
     # it ran while the CPU was measured), e-mails, messages.

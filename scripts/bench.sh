@@ -54,6 +54,13 @@ indexes every e-mail on the same two cores, gives the e-mail steps a second line
                       exported to a Jaeger and every /metrics scraped every 5 s, in
                       --telemetry-rounds pairs (off first, then on first, ...), e-mails
                       going to smtp-sink; the report compares the services' CPU per order
+     flatpack-memory  the five services with their state stores on disk (FLATPACK_STORE_DIR):
+                      --memory-orders orders (default 1,000,000) written straight to
+                      order_details until each is decided, e-mailed and counted (loadgen
+                      feed); then every service restarted on the same stores and 1,000 more
+                      orders through: each service's peak RSS in both runs, and how long
+                      each restarted one took to restore its state (its "state restored"
+                      lines)
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
 Every step records the CPU time of each process (the broker, the SMTP servers, the seed's
@@ -75,6 +82,8 @@ Options:
   --rate R               Orders per second of the fixed-rate step (default 1000)
   --rate-orders N        Orders of the fixed-rate step (default: --orders)
   --telemetry-rounds N   Off/on pairs of the telemetry step (default 3)
+  --memory-orders N      Orders of the flatpack-memory step (default 1000000; --orders with
+                         --quick)
   --settle-seconds S     How long a step waits, after its last order, for every order to
                          arrive downstream before it counts the missing ones as lost
                          (default 300; 60 with --quick)
@@ -82,7 +91,7 @@ Options:
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
                          raw-broker, eos-copy, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
                          flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
-                         flatpack-scale, telemetry (default: all)
+                         flatpack-scale, flatpack-memory, telemetry (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -94,9 +103,9 @@ TXT
 }
 
 orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
-telemetry_rounds=3
+telemetry_rounds=3 memory_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
-all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate flatpack-scale telemetry"
+all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate flatpack-scale flatpack-memory telemetry"
 steps=$all_steps
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -109,6 +118,7 @@ while [[ $# -gt 0 ]]; do
     --rate) need "$@"; rate=$2; shift 2 ;;
     --rate-orders) need "$@"; rate_orders=$2; shift 2 ;;
     --telemetry-rounds) need "$@"; telemetry_rounds=$2; shift 2 ;;
+    --memory-orders) need "$@"; memory_orders=$2; shift 2 ;;
     --settle-seconds) need "$@"; settle=$2; shift 2 ;;
     --gunicorn-workers) need "$@"; gunicorn_workers=$2; shift 2 ;;
     --steps) need "$@"; steps=${2//,/ }; shift 2 ;;
@@ -126,6 +136,8 @@ settle=${settle:-300}
 orders=${orders:-20000}
 emails=${emails:-$((orders / 4))}
 rate_orders=${rate_orders:-$orders}
+((quick)) && memory_orders=${memory_orders:-$orders}
+memory_orders=${memory_orders:-1000000}
 for step in $steps; do
   [[ " $all_steps " == *" $step "* ]] || { echo "bench.sh: unknown step '$step' (see --help)" >&2; exit 2; }
 done
@@ -394,11 +406,11 @@ if wants seed-pipeline; then
 fi
 
 # --- 4. flatpack ---------------------------------------------------------------------------
-# Starts the given services with the step's topic prefix and waits for each to be ready. A
-# service named <binary>@<instance> is one more instance of <binary> (its own instance id,
-# its own ops address).
+# Starts the given services with the step's topic prefix (bench.<step>., or $step_prefix)
+# and waits for each to be ready. A service named <binary>@<instance> is one more instance of
+# <binary> (its own instance id, its own ops address).
 start_flatpack() { # <step> <service[@instance]...>
-  local step=$1 name exe instance ops probe; shift
+  local step=$1 name exe instance ops probe prefix=${step_prefix:-bench.$1.}; shift
   orders_addr=127.0.0.1:$(fp_free_ports 1)
   dashboard_addr=127.0.0.1:$(fp_free_ports 1)
   ops_addrs=() svc_pid=() svc_ready=()
@@ -407,10 +419,10 @@ start_flatpack() { # <step> <service[@instance]...>
     [[ $name != *@* ]] || instance=${name#*@}
     ops=127.0.0.1:$(fp_free_ports 1)
     [[ $exe == orders || $exe == dashboard ]] || ops_addrs+=("$ops")
-    start "$step-$name" env FLATPACK_TOPIC_PREFIX="bench.$step." \
+    start "$step-$name" env FLATPACK_TOPIC_PREFIX="$prefix" \
       ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
       TRANSACTIONS_OPS_ADDR="$ops" ANALYTICS_OPS_ADDR="$ops" EMAIL_OPS_ADDR="$ops" \
-      TRANSACTIONS_INSTANCE_ID="bench-$step-$instance" "$bin/$exe"
+      TRANSACTIONS_INSTANCE_ID="${prefix}$instance" "$bin/$exe"
     svc_pid[$name]=$started_pid
     case "$exe" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
@@ -525,6 +537,28 @@ if wants flatpack-scale; then
   for name in "${leavers[@]}"; do unset "svc_pid[$name]"; done
   gone_ticks=()
   stop_flatpack flatpack-scale
+fi
+
+# Memory with a large state, and restarts on it (see the usage).
+if wants flatpack-memory; then
+  export FLATPACK_STORE_DIR=$work/stores
+  start_flatpack memory "${all[@]}"
+  cpu_begin
+  FLATPACK_TOPIC_PREFIX="bench.memory." loadgen flatpack-memory feed --orders "$memory_orders" \
+    --warmup-seconds "$warmup" --settle-seconds "$settle"
+  cpu_end flatpack-memory
+  stop_flatpack flatpack-memory
+  step_prefix=bench.memory. start_flatpack memory-restart "${all[@]}"
+  FLATPACK_TOPIC_PREFIX="bench.memory." loadgen flatpack-memory-restart feed --orders 1000 \
+    --warmup-seconds "$warmup" --settle-seconds "$settle"
+  stop_flatpack flatpack-memory-restart
+  unset FLATPACK_STORE_DIR
+  # Each restarted service's restores: changelog (or topic), records read, time taken.
+  for name in "${all[@]}"; do
+    grep -h "state restored" "$logs/memory-restart-$name.log" | sed 's/\x1b\[[0-9;]*m//g' |
+      jq -R -c --arg service "$name" 'capture("changelog=(?<changelog>\\S+).* restored=(?<records>[0-9]+) elapsed=(?<elapsed>\\S+)")
+        + {service: $service}' || true
+  done | jq -s . >"$out/flatpack-memory-restores.json"
 fi
 
 # What metrics and traces cost: the fixed-rate run with neither, then with both at work
