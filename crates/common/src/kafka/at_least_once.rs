@@ -188,15 +188,10 @@ pub async fn run_at_least_once<H: Handler>(
     let mut halted = false;
     let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     loop {
-        if let Some((code, reason)) = consumer.client().fatal_error() {
-            // The group fenced this member (another consumer joined with its
-            // `group.instance.id`, or it rejoined after its session expired while the broker
-            // was away): a consumer in that state reads nothing more. The inputs in hand are
-            // finished; their offsets cannot be stored any more, so a new consumer, joining
-            // as the same static member, reads them again from the committed offsets, and
-            // the handled keys skip what was done.
-            warn!(service = config.service, ?code, cause = %reason, "the consumer cannot go on; replacing it and reading from the committed offsets");
-            counter!("flatpack_consumers_replaced_total", "service" => config.service).increment(1);
+        if kafka::consumer_must_be_replaced(consumer.client(), config.service) {
+            // The inputs in hand are finished; their offsets cannot be stored any more, so a
+            // new consumer, joining as the same static member, reads them again from the
+            // committed offsets, and the handled keys skip what was done.
             while let Some(finished) = in_hand.next().await {
                 if let (Some(key), true, Some(handled)) =
                     (finished.key, finished.done, handled.as_mut())

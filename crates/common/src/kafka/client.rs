@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use metrics::gauge;
+use metrics::{counter, gauge};
 use rdkafka::ClientContext;
 use rdkafka::TopicPartitionList;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -290,6 +290,21 @@ pub fn describe(tpl: &TopicPartitionList) -> String {
         .map(|e| format!("{}[{}]@{:?}", e.topic(), e.partition(), e.offset()))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Whether `client`'s consumer is in a fatal state and must be replaced: the group fenced it
+/// (another consumer joined with its `group.instance.id`, or it rejoined after its session
+/// expired while the broker was away), and it reads nothing more. Says so, and counts it.
+pub fn consumer_must_be_replaced<C: ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    service: &'static str,
+) -> bool {
+    let Some((code, reason)) = client.fatal_error() else {
+        return false;
+    };
+    warn!(service, ?code, cause = %reason, "the consumer cannot go on; replacing it and reading from the committed offsets");
+    counter!("flatpack_consumers_replaced_total", "service" => service).increment(1);
+    true
 }
 
 /// Why a record reported delivered without an offset does not count as written.

@@ -204,14 +204,9 @@ pub fn run_exactly_once<T: Transform>(
     let mut consumer_errors = Throttle::new(COMPLAINT_INTERVAL);
     let mut owned = Owned::default();
     while !stop.is_cancelled() {
-        if let Some((code, reason)) = consumer.client().fatal_error() {
-            // The group fenced this member (another consumer joined with its
-            // `group.instance.id`, or it rejoined after its session expired while the broker
-            // was away): a consumer in that state reads nothing more. A new one joins as the
-            // same static member and goes on from the committed offsets; the state of the
-            // partitions it gets is loaded again.
-            warn!(service = config.service, ?code, cause = %reason, "the consumer cannot go on; replacing it and reading from the committed offsets");
-            counter!("flatpack_consumers_replaced_total", "service" => config.service).increment(1);
+        if kafka::consumer_must_be_replaced(consumer.client(), config.service) {
+            // A new consumer joins as the same static member and goes on from the committed
+            // offsets; the state of the partitions it gets is loaded again.
             owned.forget(&mut transform);
             drop(consumer);
             consumer = match start_consumer(settings, config, &source, stop)? {
