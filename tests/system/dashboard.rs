@@ -26,9 +26,14 @@ pub(crate) struct Dashboard {
 
 /// Starts a dashboard on a free port and waits until it is ready (caught up).
 pub(crate) async fn spawn_dashboard(env: &TestEnv) -> Dashboard {
+    spawn_dashboard_with(env, Vec::new()).await
+}
+
+/// [`spawn_dashboard`] with settings from `vars`.
+async fn spawn_dashboard_with(env: &TestEnv, vars: Vec<(String, String)>) -> Dashboard {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let settings = dashboard::DashboardSettings::from_vars(Vec::new()).unwrap();
+    let settings = dashboard::DashboardSettings::from_vars(vars).unwrap();
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(dashboard::run(
         env.kafka.clone(),
@@ -61,6 +66,16 @@ async fn wait_ready(url: &str, still_running: impl Fn()) {
         still_running();
         assert!(Instant::now() < until, "dashboard not ready within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for Dashboard {
+    /// A test that failed still stops the dashboard: its readers run on blocking threads,
+    /// which the test's runtime waits for as it shuts down.
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
 
@@ -229,6 +244,42 @@ async fn dashboard_api_shows_each_orders_progress_and_the_totals_and_a_restart_r
 
     first.stop().await;
     second.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_reads_only_as_many_of_the_latest_records_as_the_view_keeps_orders() {
+    let env = test_env!();
+    let names: Vec<String> = Topic::ALL.iter().map(|t| env.topic(*t)).collect();
+    env.create_topics(&names).await;
+    let placed = now_epoch_seconds() - 60.0;
+    // All under one key, so in one partition in this order: a record nobody can read, then
+    // eight orders.
+    env.produce(&env.topic(Topic::OrderDetails), "k", b"not json at all")
+        .await;
+    for id in 1..=8 {
+        let o = order(json!(id), placed + id as f64, json!({"price": 10}));
+        produce_json(&env, Topic::OrderDetails, "k", &o).await;
+    }
+
+    let dashboard =
+        spawn_dashboard_with(&env, vec![("DASHBOARD_MAX_ORDERS".into(), "5".into())]).await;
+    let (_, totals) = dashboard.get("/api/totals").await;
+    assert_eq!(
+        totals["skipped_messages"],
+        json!(0),
+        "the unreadable record before the latest five is not read: {totals}"
+    );
+    assert_eq!(totals["pipeline"]["tracked"], json!(5), "{totals}");
+    let (_, orders) = dashboard.get("/api/orders").await;
+    let ids: Vec<&Value> = orders
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| &o["order_id"])
+        .collect();
+    assert_eq!(ids, [&json!(8), &json!(7), &json!(6), &json!(5), &json!(4)]);
+    dashboard.stop().await;
     env.cleanup().await;
 }
 

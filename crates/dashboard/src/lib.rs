@@ -37,7 +37,8 @@ pub struct DashboardSettings {
     /// `DASHBOARD_HTTP_ADDR`: where the page and API listen.
     #[serde(rename = "dashboard_http_addr")]
     pub http_addr: SocketAddr,
-    /// `DASHBOARD_MAX_ORDERS`: how many of the latest orders the view keeps in memory.
+    /// `DASHBOARD_MAX_ORDERS`: how many of the latest orders the view keeps in memory (and
+    /// how many of the latest records of each partition of the order topics a start reads).
     #[serde(rename = "dashboard_max_orders")]
     pub max_orders: usize,
     /// `DASHBOARD_STUCK_AFTER_MS`: an order waiting longer than this for its decision or its
@@ -91,8 +92,9 @@ pub async fn run(
         let consumer = Arc::new(reader::consumer(&kafka_settings, topic)?);
         consumers.push(Arc::clone(&consumer));
         let (shared, stop) = (Arc::clone(&shared), stop.clone());
+        let start = reader::start(topic, settings.max_orders);
         readers.push(tokio::task::spawn_blocking(move || {
-            reader::read_topic(&consumer, topic, &name, &shared, &stop);
+            reader::read_topic(&consumer, topic, &name, start, &shared, &stop);
         }));
     }
     readers.push(tokio::task::spawn_blocking({

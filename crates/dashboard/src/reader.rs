@@ -1,8 +1,11 @@
-//! Reads the four topics into the [`View`], from the beginning, at every start.
+//! Reads the four topics into the [`View`] at every start: `analytics_result` (compacted: a
+//! record per day) from its beginning, and of the three topics of orders only the latest
+//! `max_orders` records of each partition, as many as the view keeps, so that a start reads
+//! no more with a million orders in the topics than with ten thousand.
 //!
-//! One blocking thread per topic, each with its own consumer assigned to every partition at
-//! the beginning (no group membership, nothing committed: the dashboard is read-only and
-//! rebuilds its view from the topics). One consumer per topic because librdkafka reports
+//! One blocking thread per topic, each with its own consumer assigned to every partition (no
+//! group membership, nothing committed: the dashboard is read-only and rebuilds its view from
+//! the topics). One consumer per topic because librdkafka reports
 //! "end of partition" by partition number only: per topic, the first end of every partition
 //! marks the initial catch-up done. Messages that do not decode are logged and counted, and
 //! reading goes on (there is no dead-letter topic for a reader that writes nothing).
@@ -11,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::kafka::read;
+use common::kafka::read::{self, Reading, Start};
 use common::kafka::{self, FlatpackContext};
 use common::{KafkaSettings, Topic};
 use rdkafka::consumer::BaseConsumer;
@@ -75,24 +78,49 @@ pub fn consumer(
     kafka::reader_to_end(settings, "dashboard", &group, Duration::from_millis(100))
 }
 
-/// Reads `topic` into `shared` until `stop` is cancelled. Runs on a blocking thread.
+/// Where the reader of `topic` starts, for a view of the latest `max_orders` orders.
+pub fn start(topic: Topic, max_orders: usize) -> Start<'static> {
+    match topic {
+        Topic::AnalyticsResult => Start::Beginning,
+        Topic::OrderDetails | Topic::OrderConfirmed | Topic::OrderEmailSent => {
+            Start::Latest(i64::try_from(max_orders).unwrap_or(i64::MAX))
+        }
+    }
+}
+
+/// Reads `topic` into `shared` from `start` until `stop` is cancelled. Runs on a blocking
+/// thread.
 pub fn read_topic(
     consumer: &BaseConsumer<FlatpackContext>,
     topic: Topic,
     name: &str,
+    start: Start<'_>,
     shared: &Shared,
     stop: &CancellationToken,
 ) {
-    read::follow_from_beginning(
+    read::follow(
         consumer,
         name,
+        start,
         stop,
-        |message| handle(message, topic, shared),
-        || {
-            shared.caught_up.fetch_add(1, Ordering::AcqRel);
-            shared.changed.send_modify(|version| *version += 1);
-        },
+        &mut TopicReader { topic, shared },
     );
+}
+
+struct TopicReader<'a> {
+    topic: Topic,
+    shared: &'a Shared,
+}
+
+impl Reading for TopicReader<'_> {
+    fn message(&mut self, message: &BorrowedMessage<'_>) {
+        handle(message, self.topic, self.shared);
+    }
+
+    fn caught_up(&mut self) {
+        self.shared.caught_up.fetch_add(1, Ordering::AcqRel);
+        self.shared.changed.send_modify(|version| *version += 1);
+    }
 }
 
 fn handle(message: &BorrowedMessage<'_>, topic: Topic, shared: &Shared) {

@@ -36,6 +36,9 @@ pub enum Start<'a> {
     /// Where an earlier read stopped: the next offset per partition, the beginning for
     /// partitions not in the map.
     After(&'a HashMap<i32, i64>),
+    /// The last `n` offsets of each partition (all of it where it holds fewer): what a reader
+    /// that keeps only the latest records needs.
+    Latest(i64),
 }
 
 /// The partitions of `topic` as the broker lists them now; an error when it lists none (a
@@ -90,6 +93,12 @@ pub fn assign_at<C: ConsumerContext>(
                     .fetch_watermarks(topic, partition, timeout)
                     .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
                 Offset::Offset(high)
+            }
+            Start::Latest(n) => {
+                let (low, high) = consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .with_context(|| format!("reading the end of {topic}[{partition}]"))?;
+                Offset::Offset(low.max(high - n.max(0)))
             }
             Start::After(next) => next
                 .get(&partition)
@@ -227,42 +236,49 @@ impl<S> Drop for Follower<S> {
     }
 }
 
-/// Reads every partition of `topic` from its beginning until `stop` is cancelled, handing
-/// each message to `each`, and calls `caught_up` once every partition reported the end it
-/// had when reading began. Blocking: run it on a thread of its own.
+/// What a [`follow`]er does with what it reads.
+pub trait Reading {
+    /// One message.
+    fn message(&mut self, message: &BorrowedMessage<'_>);
+    /// Nothing more came for now (a poll came back empty, or a partition reached its end):
+    /// the moment to hand on what was gathered from the messages so far.
+    fn idle(&mut self) {}
+    /// Every partition reached the end it had when reading began (after [`Reading::idle`]).
+    fn caught_up(&mut self);
+}
+
+/// Reads every partition of `topic` from `start` until `stop` is cancelled, into `reading`.
+/// Blocking: run it on a thread of its own.
 ///
 /// `consumer` is one made by [`super::reader_to_end`] (it reports the end of each partition)
 /// and reads this topic alone: librdkafka reports an end by partition number only. A broker
 /// that is away, or a topic not there yet, is waited for as long as it takes, saying so.
-pub fn follow_from_beginning<C: ConsumerContext>(
+pub fn follow<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
+    start: Start<'_>,
     stop: &CancellationToken,
-    mut each: impl FnMut(&BorrowedMessage<'_>),
-    caught_up: impl FnOnce(),
+    reading: &mut impl Reading,
 ) {
     const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
     const POLL: Duration = Duration::from_millis(200);
     let what = format!("reading the partitions of {topic}");
     let Some(partitions) = super::retry_until_ok(&what, stop, || {
-        assign_all(consumer, topic, Start::Beginning, METADATA_TIMEOUT)
+        assign_all(consumer, topic, start, METADATA_TIMEOUT)
     }) else {
         return;
     };
     let mut waiting_for_end: HashSet<i32> = partitions.into_iter().collect();
-    let mut caught_up = Some(caught_up);
     let mut complaints = Throttle::new(COMPLAINT_INTERVAL);
     while !stop.is_cancelled() {
         match consumer.poll(POLL) {
-            None => {}
-            Some(Ok(message)) => each(&message),
+            None => reading.idle(),
+            Some(Ok(message)) => reading.message(&message),
             Some(Err(KafkaError::PartitionEOF(partition))) => {
-                if waiting_for_end.remove(&partition)
-                    && waiting_for_end.is_empty()
-                    && let Some(caught_up) = caught_up.take()
-                {
+                reading.idle();
+                if waiting_for_end.remove(&partition) && waiting_for_end.is_empty() {
                     info!(topic, "caught up with the topic");
-                    caught_up();
+                    reading.caught_up();
                 }
             }
             // librdkafka retries broker errors by itself; they are worth a line, not a stop.
@@ -273,6 +289,7 @@ pub fn follow_from_beginning<C: ConsumerContext>(
             }
         }
     }
+    reading.idle();
 }
 
 /// Seeks every assigned partition back to its committed offset (or the beginning when the
