@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 use common::{KafkaSettings, Settings, Topic};
 use serde_json::{Value, json};
 
-use crate::helpers::{order_body, post_order, scrape_until, spawn_orders, start_orders_process};
+use crate::helpers::{
+    free_addr, order_body, post_order, scrape_until, spawn_orders, start_orders_process,
+};
 use crate::test_env;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -436,5 +438,62 @@ async fn an_order_taken_by_one_instance_is_answered_as_such_by_another_and_after
     let mut reader = env.reader(&env.topic(Topic::OrderDetails));
     let records = reader.read_at_least(1, Duration::from_secs(30));
     assert_eq!(records.len(), 1, "written once");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_on_its_index_reads_only_the_orders_accepted_since_and_still_knows_every_one() {
+    let env = test_env!();
+    let topic = env.topic(Topic::OrderDetails);
+    env.create_topics(std::slice::from_ref(&topic)).await;
+    let store_dir = std::env::temp_dir().join(format!("{}orders-index", env.prefix));
+    let mut vars = env.service_vars();
+    vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
+    // The index belongs to the instance on this port.
+    vars.push(("ORDERS_HTTP_ADDR".into(), free_addr()));
+    let (orders, url) = start_orders_process(&vars).await;
+    let mut first = Vec::new();
+    for id in 1..=5 {
+        let (status, answer) = post(&url, &order_body(id, "10.00")).await;
+        assert_eq!(status, 200, "{answer}");
+        first.push(answer);
+    }
+    // Read back from order_details into the index.
+    scrape_until(&format!("{url}/metrics"), Duration::from_secs(30), |text| {
+        text.lines().any(|line| line == "flatpack_orders_known 5")
+    })
+    .await;
+    assert!(orders.terminate(Duration::from_secs(30)).success());
+
+    // An order another instance took while this one was stopped.
+    let mut sixth = order_body(6, "12.00");
+    sixth["time"] = json!(1_700_000_000.5);
+    env.produce(&topic, "6", sixth.to_string().as_bytes()).await;
+    let (orders, url) = start_orders_process(&vars).await;
+    let metrics = scrape_until(&format!("{url}/metrics"), Duration::from_secs(30), |text| {
+        text.lines().any(|line| line == "flatpack_orders_known 6")
+    })
+    .await;
+    let restored = format!("flatpack_state_restored_total{{changelog=\"{topic}\"}} 1");
+    assert!(
+        metrics.lines().any(|line| line == restored),
+        "the restart read the one order written since, not the five before ({restored}):\n{metrics}"
+    );
+    for (id, first) in (1..=5).zip(&first) {
+        let (status, again) = post(&url, &order_body(id, "10.00")).await;
+        assert_eq!((status, &again), (200, first));
+    }
+    let (status, answer) = post(&url, &order_body(3, "11.00")).await;
+    assert_order_id_used(status, &answer);
+    let (status, answer) = post(&url, &order_body(6, "13.00")).await;
+    assert_order_id_used(status, &answer);
+    let (status, answer) = post(&url, &order_body(6, "12.00")).await;
+    assert_eq!((status, &answer["time"]), (200, &json!(1_700_000_000.5)));
+
+    let mut reader = env.reader(&topic);
+    let records = reader.read_at_least(6, Duration::from_secs(30));
+    assert_eq!(records.len(), 6, "each order written once");
+    assert!(orders.terminate(Duration::from_secs(30)).success());
+    let _ = std::fs::remove_dir_all(&store_dir);
     env.cleanup().await;
 }

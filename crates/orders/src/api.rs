@@ -20,7 +20,7 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
 use tower_http::trace::TraceLayer;
-use tracing::{Span, info, warn};
+use tracing::{Span, error, info, warn};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
@@ -89,6 +89,10 @@ pub enum ApiError {
     )]
     Restoring,
     #[error(
+        "the order could not be taken: the orders accepted before could not be looked up; send the same order again"
+    )]
+    Index,
+    #[error(
         "order_id {0} was already used for a different order; a new order needs a new order_id (a declined order too: send it again with a new order_id)"
     )]
     OrderIdUsed(String),
@@ -104,6 +108,7 @@ impl ApiError {
             ApiError::Invalid { .. } => "invalid",
             ApiError::Unavailable => "broker_unavailable",
             ApiError::Restoring => "restoring",
+            ApiError::Index => "index",
             ApiError::OrderIdUsed(_) => "order_id_used",
         }
     }
@@ -118,7 +123,9 @@ impl IntoResponse for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadBody | ApiError::Syntax(_) => StatusCode::BAD_REQUEST,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable | ApiError::Restoring => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::Restoring | ApiError::Index => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::OrderIdUsed(_) => StatusCode::CONFLICT,
         };
         let mut body = ErrorBody::new(self.to_string());
@@ -260,7 +267,11 @@ async fn post_order(
     // Copies of this order sent at once take turns: the first is written, the others are
     // answered as it was.
     let _turn = state.accepted.turn(&order).await;
-    match state.accepted.check(&order) {
+    let known = state.accepted.check(&order).map_err(|err| {
+        error!(order_id = %order.order_id, cause = format!("{err:#}"), "looking up the accepted orders failed");
+        ApiError::Index
+    })?;
+    match known {
         Known::New => {}
         Known::Same { time } => {
             info!(order_id = %order.order_id, "the same order again; answering it as first accepted");

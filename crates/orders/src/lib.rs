@@ -91,13 +91,23 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the producer. Does not contact the broker: a request does. The index of
-    /// accepted orders starts empty; [`run`] fills it.
+    /// Builds the producer and opens the index of accepted orders (in `FLATPACK_STORE_DIR`).
+    /// Does not contact the broker: a request does; [`run`] reads on into the index.
     pub fn new(kafka_settings: &KafkaSettings, settings: &OrdersSettings) -> anyhow::Result<Self> {
         let producer: FutureProducer<FlatpackContext> =
             kafka::producer(kafka_settings, "orders", settings.publish_timeout)?;
         let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
-        let accepted = Arc::new(accepted::Accepted::default());
+        // One index per instance: instances on one machine listen on different ports.
+        let index = kafka_settings.store_dir.as_ref().map(|dir| {
+            dir.join(format!(
+                "orders-accepted-{}.redb",
+                settings.http_addr.port()
+            ))
+        });
+        let accepted = Arc::new(
+            accepted::Accepted::open(index.as_deref())
+                .context("opening the index of accepted orders")?,
+        );
         let ready: Readiness = {
             let (producer, topic, accepted) =
                 (producer.clone(), Arc::clone(&topic), Arc::clone(&accepted));
@@ -134,11 +144,11 @@ pub async fn run(
     });
     let reading_stop = tokio_util::sync::CancellationToken::new();
     let _stop_reading_on_return = reading_stop.clone().drop_guard();
-    accepted::follow(
+    let reader = accepted::follow(
         &kafka_settings,
         &state.topic,
         Arc::clone(&state.accepted),
-        reading_stop,
+        reading_stop.clone(),
     )?;
     let producer = state.producer.clone();
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -148,9 +158,16 @@ pub async fn run(
         .await
         .context("serving HTTP")?;
     info!("HTTP server stopped; flushing the producer");
-    tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
-        .await
-        .context("joining the flush")?
-        .context("flushing the producer")?;
+    reading_stop.cancel();
+    tokio::task::spawn_blocking(move || {
+        // The reader writes what it read to the index, and makes it durable, as it stops.
+        if reader.join().is_err() {
+            tracing::error!("the reader of the accepted orders panicked");
+        }
+        producer.flush(Duration::from_secs(10))
+    })
+    .await
+    .context("joining the flush")?
+    .context("flushing the producer")?;
     Ok(())
 }

@@ -23,7 +23,7 @@
 //! [redb]: https://www.redb.org
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -31,7 +31,9 @@ use metrics::counter;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use redb::backends::InMemoryBackend;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use tracing::{info, warn};
 
 use super::exactly_once::Output;
@@ -188,36 +190,9 @@ impl Store {
 
     /// Opens the copy ([`Store::restore`] does it first).
     pub fn open(&mut self) -> anyhow::Result<()> {
-        if self.db.is_some() {
-            return Ok(());
+        if self.db.is_none() {
+            self.db = Some(open_copy(self.path.as_deref())?);
         }
-        let mut builder = Database::builder();
-        builder.set_cache_size(CACHE_BYTES);
-        let db = match &self.path {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| {
-                        format!("creating the state directory {}", dir.display())
-                    })?;
-                }
-                match builder.create(path) {
-                    Ok(db) => db,
-                    // Another instance on this machine (a standby that took over from one
-                    // still running) holds it: this one keeps its copy in memory.
-                    Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                        warn!(path = %path.display(), "the state's on-disk copy is held by another process; keeping this instance's copy in memory");
-                        builder.create_with_backend(InMemoryBackend::new())?
-                    }
-                    Err(err) => {
-                        return Err(err).with_context(|| {
-                            format!("opening the state's on-disk copy {}", path.display())
-                        });
-                    }
-                }
-            }
-            None => builder.create_with_backend(InMemoryBackend::new())?,
-        };
-        self.db = Some(db);
         Ok(())
     }
 
@@ -355,21 +330,11 @@ impl Store {
 
     /// The checkpoint of each of `partitions` (0 where there is none).
     fn checkpoints(&self, partitions: &[i32]) -> anyhow::Result<HashMap<i32, i64>> {
-        let read = self.db()?.begin_read()?;
-        let table = match read.open_table(CHECKPOINTS) {
-            Ok(table) => Some(table),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(err) => return Err(err.into()),
-        };
-        let mut checkpoints = HashMap::new();
-        for &partition in partitions {
-            let checkpoint = match &table {
-                Some(table) => table.get(partition as u32)?.map_or(0, |v| v.value()),
-                None => 0,
-            };
-            checkpoints.insert(partition, checkpoint);
-        }
-        Ok(checkpoints)
+        let known = checkpoints(self.db()?)?;
+        Ok(partitions
+            .iter()
+            .map(|&partition| (partition, known.get(&partition).copied().unwrap_or(0)))
+            .collect())
     }
 
     /// Drops every entry under `bucket` and the checkpoint of `partition`.
@@ -412,6 +377,31 @@ pub fn partition_of(key: &str, partitions: i32) -> i32 {
     (hash % partitions.max(1) as u32) as i32
 }
 
+/// Opens (or creates) the on-disk copy of a state at `path`, a copy in memory without one.
+/// A copy that another process on this machine holds (a standby that took over from one
+/// still running) is left to it: this one gets a copy in memory, and a warning says so.
+pub fn open_copy(path: Option<&Path>) -> anyhow::Result<Database> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    let Some(path) = path else {
+        return Ok(builder.create_with_backend(InMemoryBackend::new())?);
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the state directory {}", dir.display()))?;
+    }
+    match builder.create(path) {
+        Ok(db) => Ok(db),
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            warn!(path = %path.display(), "the state's on-disk copy is held by another process; keeping this instance's copy in memory");
+            Ok(builder.create_with_backend(InMemoryBackend::new())?)
+        }
+        Err(err) => {
+            Err(err).with_context(|| format!("opening the state's on-disk copy {}", path.display()))
+        }
+    }
+}
+
 /// Writes `entries` into the copy, with `checkpoints` where they are past the ones it has.
 fn write<'a>(
     db: &Database,
@@ -426,16 +416,40 @@ fn write<'a>(
         for (partition, key, value) in entries {
             table.insert((partition as u32, key), value)?;
         }
-        let mut known = txn.open_table(CHECKPOINTS)?;
-        for (&partition, &next) in checkpoints {
-            let current = known.get(partition as u32)?.map(|v| v.value());
-            if current.is_none_or(|current| current < next) {
-                known.insert(partition as u32, next)?;
-            }
-        }
     }
+    advance(&txn, checkpoints)?;
     txn.commit()?;
     Ok(())
+}
+
+/// Moves the checkpoints in `txn` forward to `next` (partition → the offset after the last
+/// record the copy holds) where they are behind it; never back.
+pub fn advance(txn: &WriteTransaction, next: &HashMap<i32, i64>) -> anyhow::Result<()> {
+    let mut known = txn.open_table(CHECKPOINTS)?;
+    for (&partition, &next) in next {
+        let current = known.get(partition as u32)?.map(|v| v.value());
+        if current.is_none_or(|current| current < next) {
+            known.insert(partition as u32, next)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every checkpoint the copy holds: partition → the offset to read on from.
+pub fn checkpoints(db: &Database) -> anyhow::Result<HashMap<i32, i64>> {
+    let read = db.begin_read()?;
+    let table = match read.open_table(CHECKPOINTS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
+        Err(err) => return Err(err.into()),
+    };
+    table
+        .iter()?
+        .map(|entry| {
+            let (partition, next) = entry?;
+            Ok((partition.value() as i32, next.value()))
+        })
+        .collect()
 }
 
 #[cfg(test)]
