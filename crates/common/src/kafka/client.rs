@@ -471,6 +471,12 @@ fn consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     set_default(&mut config, "auto.offset.reset", "earliest");
+    // What librdkafka fetches ahead of the application: by default up to 100,000 messages
+    // or 64 MB per consumer, which a backlog fills, and which stays in the process's memory
+    // after. A few thousand orders ahead keep every stage busy (one transaction takes at
+    // most a few hundred).
+    set_default(&mut config, "queued.min.messages", "5000");
+    set_default(&mut config, "queued.max.messages.kbytes", "4096");
     // For the consumer-lag gauge (see `FlatpackContext::stats`).
     set_default(&mut config, "statistics.interval.ms", "5000");
     set_default(&mut config, "client.id", client);
