@@ -422,7 +422,7 @@ start_flatpack() { # <step> <service[@instance]...>
     start "$step-$name" env FLATPACK_TOPIC_PREFIX="$prefix" \
       ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
       TRANSACTIONS_OPS_ADDR="$ops" ANALYTICS_OPS_ADDR="$ops" EMAIL_OPS_ADDR="$ops" \
-      TRANSACTIONS_INSTANCE_ID="${prefix}$instance" "$bin/$exe"
+      TRANSACTIONS_INSTANCE_ID="${prefix}$instance" ORDERS_INSTANCE_ID="${prefix}$instance" "$bin/$exe"
     svc_pid[$name]=$started_pid
     case "$exe" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;

@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 use common::{KafkaSettings, Settings, Topic};
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    free_addr, order_body, post_order, scrape_until, spawn_orders, start_orders_process,
-};
+use crate::helpers::{order_body, post_order, scrape_until, spawn_orders, start_orders_process};
 use crate::test_env;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,8 +447,7 @@ async fn a_restart_on_its_index_reads_only_the_orders_accepted_since_and_still_k
     let store_dir = std::env::temp_dir().join(format!("{}orders-index", env.prefix));
     let mut vars = env.service_vars();
     vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
-    // The index belongs to the instance on this port.
-    vars.push(("ORDERS_HTTP_ADDR".into(), free_addr()));
+    vars.push(("ORDERS_INSTANCE_ID".into(), "orders-7".into()));
     let (orders, url) = start_orders_process(&vars).await;
     let mut first = Vec::new();
     for id in 1..=5 {
@@ -494,6 +491,7 @@ async fn a_restart_on_its_index_reads_only_the_orders_accepted_since_and_still_k
     let records = reader.read_at_least(6, Duration::from_secs(30));
     assert_eq!(records.len(), 6, "each order written once");
     assert!(orders.terminate(Duration::from_secs(30)).success());
+    assert!(store_dir.join("orders-accepted-orders-7.redb").is_file());
     let _ = std::fs::remove_dir_all(&store_dir);
     env.cleanup().await;
 }

@@ -11,8 +11,9 @@
 //! What was read from the log lives in an embedded database ([redb], the state stores'
 //! copy: [`common::kafka::state`]) in `FLATPACK_STORE_DIR`, with, per partition, the offset
 //! read up to: memory stays small however many orders there are, and a restart reads only
-//! what `order_details` got since. An entry is 16 bytes of digest for the `order_id`, 16
-//! for the order's content and the time it was accepted. What this instance wrote and has
+//! what `order_details` got since. An entry is the `order_id` (as the message key spells it,
+//! so that ids given in sequence are written in sequence), 16 bytes of digest of the order's
+//! content and the time it was accepted. What this instance wrote and has
 //! not read back from the log yet is kept in memory. Without `FLATPACK_STORE_DIR` the
 //! database is in memory and each start reads `order_details` from its beginning.
 //!
@@ -37,7 +38,6 @@ use rdkafka::message::{BorrowedMessage, Message};
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -55,8 +55,8 @@ pub enum Known {
 /// An order as the index keeps it: its content's digest and when it was accepted.
 type Entry = ([u8; 16], f64);
 
-/// The orders read from `order_details`: `order_id` digest → entry.
-const ORDERS: TableDefinition<[u8; 16], Entry> = TableDefinition::new("accepted");
+/// The orders read from `order_details`: `order_id` → entry.
+const ORDERS: TableDefinition<&str, Entry> = TableDefinition::new("accepted");
 
 /// How many locks the `order_id`s are spread over: requests for different orders rarely
 /// wait for each other.
@@ -71,7 +71,7 @@ pub struct Accepted {
     /// Read from `order_details`, with the checkpoints read up to.
     db: Database,
     /// Written by this instance and not read back from the log yet.
-    own: RwLock<HashMap<[u8; 16], Entry>>,
+    own: RwLock<HashMap<String, Entry>>,
     /// Entries in `db`.
     known: AtomicU64,
     caught_up: AtomicBool,
@@ -114,8 +114,10 @@ impl Accepted {
     /// [`check`]: Accepted::check
     /// [`written`]: Accepted::written
     pub async fn turn(&self, order: &Order) -> tokio::sync::MutexGuard<'_, ()> {
-        let key = key(order);
-        let index = u16::from_le_bytes([key[0], key[1]]) as usize % TURNS;
+        use std::hash::{BuildHasher, RandomState};
+        static HASHER: std::sync::LazyLock<RandomState> =
+            std::sync::LazyLock::new(RandomState::new);
+        let index = HASHER.hash_one(key(order)) as usize % TURNS;
         self.turns[index].lock().await
     }
 
@@ -145,7 +147,7 @@ impl Accepted {
     }
 
     /// The entry read from the log under `key`.
-    fn logged(&self, key: &[u8; 16]) -> anyhow::Result<Option<Entry>> {
+    fn logged(&self, key: &str) -> anyhow::Result<Option<Entry>> {
         let read = self.db.begin_read()?;
         let table = match read.open_table(ORDERS) {
             Ok(table) => table,
@@ -166,7 +168,7 @@ impl Accepted {
     /// `order_id` winning, with the offsets read up to (`next`, by partition).
     fn read(
         &self,
-        orders: &[([u8; 16], Entry)],
+        orders: &[(String, Entry)],
         next: &HashMap<i32, i64>,
         durability: Durability,
     ) -> anyhow::Result<()> {
@@ -176,8 +178,8 @@ impl Accepted {
         {
             let mut table = txn.open_table(ORDERS)?;
             for (key, entry) in orders {
-                if table.get(key)?.is_none() {
-                    table.insert(key, entry)?;
+                if table.get(key.as_str())?.is_none() {
+                    table.insert(key.as_str(), entry)?;
                     added += 1;
                 }
             }
@@ -208,11 +210,8 @@ impl Accepted {
 
 /// The index key of an order: its `order_id` as the message key spells it (what
 /// transactions deduplicates by).
-fn key(order: &Order) -> [u8; 16] {
-    let digest = Sha256::digest(order.order_id.to_string().as_bytes());
-    let mut key = [0; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
+fn key(order: &Order) -> String {
+    order.order_id.to_string()
 }
 
 /// Reads `topic` into `accepted` on a thread of its own until `stop` is cancelled, from
@@ -262,7 +261,7 @@ struct LogReader {
     topic: String,
     /// Records read before catching up.
     restored: u64,
-    batch: Vec<([u8; 16], Entry)>,
+    batch: Vec<(String, Entry)>,
     /// The offset after the last record read, by partition.
     next: HashMap<i32, i64>,
     last_sync: Instant,

@@ -42,6 +42,11 @@ pub struct OrdersSettings {
     /// `ORDERS_MAX_BODY_BYTES`: largest accepted request body.
     #[serde(rename = "orders_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// `ORDERS_INSTANCE_ID`: names this instance's index of accepted orders,
+    /// `<FLATPACK_STORE_DIR>/orders-accepted-<id>.redb`; the same across its restarts, and
+    /// unique among the instances on one machine (or one volume).
+    #[serde(rename = "orders_instance_id")]
+    pub instance_id: String,
 }
 
 impl Default for OrdersSettings {
@@ -50,6 +55,7 @@ impl Default for OrdersSettings {
             http_addr: SocketAddr::from(([0, 0, 0, 0], 5002)),
             publish_timeout: Duration::from_secs(10),
             max_body_bytes: 16 * 1024,
+            instance_id: std::env::var("HOSTNAME").unwrap_or_else(|_| "orders-1".into()),
         }
     }
 }
@@ -65,7 +71,19 @@ impl Settings for OrdersSettings {
             "ORDERS_MAX_BODY_BYTES",
             self.max_body_bytes,
             256..=16 * 1024 * 1024,
-        )
+        )?;
+        let id = &self.instance_id;
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(SettingsError::new(
+                "ORDERS_INSTANCE_ID",
+                "must be letters, digits, '-', '_' or '.' (it names a file)",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -97,13 +115,10 @@ impl AppState {
         let producer: FutureProducer<FlatpackContext> =
             kafka::producer(kafka_settings, "orders", settings.publish_timeout)?;
         let topic: Arc<str> = kafka_settings.topics().name(Topic::OrderDetails).into();
-        // One index per instance: instances on one machine listen on different ports.
-        let index = kafka_settings.store_dir.as_ref().map(|dir| {
-            dir.join(format!(
-                "orders-accepted-{}.redb",
-                settings.http_addr.port()
-            ))
-        });
+        let index = kafka_settings
+            .store_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("orders-accepted-{}.redb", settings.instance_id)));
         let accepted = Arc::new(
             accepted::Accepted::open(index.as_deref())
                 .context("opening the index of accepted orders")?,
@@ -170,4 +185,26 @@ pub async fn run(
     .context("joining the flush")?
     .context("flushing the producer")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<OrdersSettings, SettingsError> {
+        OrdersSettings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn the_instance_id_names_a_file_and_nothing_else() {
+        let ok = settings(&[("ORDERS_INSTANCE_ID", "orders-2.eu_1")]).unwrap();
+        assert_eq!(ok.instance_id, "orders-2.eu_1");
+        for bad in ["", "../etc", "a/b", "orders 1"] {
+            let err = settings(&[("ORDERS_INSTANCE_ID", bad)]).unwrap_err();
+            assert!(
+                err.to_string().contains("ORDERS_INSTANCE_ID"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 }

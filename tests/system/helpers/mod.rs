@@ -393,18 +393,12 @@ pub async fn post_order(
     (status, response.json().await.expect("a JSON answer"))
 }
 
-/// The orders API as its own process with `vars` (on a free port unless they name
-/// `ORDERS_HTTP_ADDR`), once it is ready; returns it and its URL.
+/// The orders API as its own process on a free port with `vars`, once it is ready; returns
+/// it and its URL.
 pub async fn start_orders_process(vars: &[(String, String)]) -> (ServiceProcess, String) {
+    let addr = free_addr();
     let mut vars = vars.to_vec();
-    let addr = match vars.iter().find(|(key, _)| key == "ORDERS_HTTP_ADDR") {
-        Some((_, addr)) => addr.clone(),
-        None => {
-            let addr = free_addr();
-            vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
-            addr
-        }
-    };
+    vars.push(("ORDERS_HTTP_ADDR".into(), addr.clone()));
     let orders = ServiceProcess::start("orders", &vars);
     let url = format!("http://{addr}");
     scrape_until(&format!("{url}/readyz"), Duration::from_secs(60), |_| true).await;
