@@ -427,7 +427,9 @@ start_flatpack() { # <step> <service[@instance]...>
     case "$exe" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
       dashboard) probe=(fp_http_ok "http://$dashboard_addr/readyz") ;;
-      *) probe=(log_has "$logs/$step-$name.log" "partitions assigned") ;;
+      # The group consumer's assignment (client="<service>"), after any state it restores
+      # first; the readers that restore log their own assignments without a client.
+      *) probe=(log_has "$logs/$step-$name.log" "partitions assigned client=\"$exe\"") ;;
     esac
     svc_ready[$name]=$(wait_ready "$step-$name" "$started_pid" "$started_ns" 60 "${probe[@]}")
     fp_log "step $step: $name ready after ${svc_ready[$name]} ms"
