@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Record, ServiceProcess, TestEnv, order_body, post_all, spawn_analytics, spawn_orders,
-    spawn_transactions,
+    Record, ServiceProcess, TestEnv, free_addr, order_body, post_all, scrape_until,
+    spawn_analytics, spawn_orders, spawn_transactions,
 };
 use crate::test_env;
 
@@ -313,6 +313,25 @@ async fn a_decision_counted_before_is_never_counted_again_whatever_its_partition
     produce_decisions(&env, &[("5", 5), ("again", 6)], &[("5", 13), ("again", 14)]).await;
     let last = assert_counted_after_markers(&env, (14, 10, 4)).await;
     assert_eq!(last.total_revenue_exact, Decimal::from(100));
+
+    // After a clean stop, the totals come from the on-disk copy of the results: not one
+    // result is read again, and the totals go on from where they were.
+    let status = analytics.terminate(Duration::from_secs(30));
+    assert!(status.success(), "clean exit after SIGTERM: {status}");
+    let ops_addr = free_addr();
+    vars.push(("ANALYTICS_OPS_ADDR".into(), ops_addr.clone()));
+    let analytics = ServiceProcess::start("analytics", &vars);
+    produce_decisions(&env, &[("15", 15)], &[("16", 16)]).await;
+    let last = assert_counted_after_markers(&env, (16, 11, 5)).await;
+    assert_eq!(last.total_revenue_exact, Decimal::from(110));
+    let results = env.topic(Topic::AnalyticsResult);
+    let restored = format!("flatpack_state_restored_total{{changelog=\"{results}\"}} 0");
+    scrape_until(
+        &format!("http://{ops_addr}/metrics"),
+        Duration::from_secs(30),
+        |text| text.lines().any(|line| line == restored),
+    )
+    .await;
 
     let status = analytics.terminate(Duration::from_secs(30));
     assert!(status.success(), "clean exit after SIGTERM: {status}");

@@ -11,6 +11,9 @@
 //! takeover the totals are restored from `analytics_result` itself (compacted, so it keeps the
 //! latest result of each day), which was committed together with the offsets: the totals
 //! are exactly those of the decisions before the committed offsets, never reset to zero.
+//! `analytics_result` is the changelog of a state store ([`Store`]) of the latest result per
+//! day: its copy on disk is read on from its checkpoints, so a restart reads only the results
+//! written since, however many there are.
 
 mod standby;
 pub mod totals;
@@ -95,7 +98,6 @@ impl Settings for AnalyticsSettings {
 
 /// Counts decisions into [`Totals`] and publishes the result of each.
 struct Count {
-    kafka: KafkaSettings,
     output_topic: String,
     totals: Totals,
     /// The totals as of the last committed transaction, to fall back to on an abort.
@@ -105,6 +107,8 @@ struct Count {
     counted: Store,
     /// Partitions of the source, and so of the changelog.
     partitions: i32,
+    /// The latest result of each day, under bucket 0: `analytics_result` is its changelog.
+    results: Store,
     tally: Tally,
 }
 
@@ -112,7 +116,16 @@ impl Transform for Count {
     type Input = OrderDecision;
 
     fn restore(&mut self) -> anyhow::Result<()> {
-        self.totals = read_totals(&self.kafka, &self.output_topic)?;
+        self.results.restore_all()?;
+        self.totals = Totals::default();
+        for (day, payload) in self.results.entries(0)? {
+            match decode::<AnalyticsResult>(Some(payload.as_slice())) {
+                Ok(result) => self.totals.absorb(&result),
+                Err(err) => {
+                    warn!(day, cause = %err, "skipping an unreadable result while restoring")
+                }
+            }
+        }
         self.committed = self.totals.clone();
         info!(
             seq = self.totals.seq,
@@ -158,7 +171,7 @@ impl Transform for Count {
             .count("flatpack_counted_decisions_total", "status", status);
         self.tally.reached("counted", decision.order.time);
         match serde_json::to_vec(&result) {
-            Ok(payload) => out.push(Output::new(&self.output_topic, result.day, payload)),
+            Ok(payload) => out.push(self.results.put_any(0, result.day, payload)),
             Err(err) => warn!(cause = %err, "result could not be serialised"),
         }
         Ok(())
@@ -166,12 +179,14 @@ impl Transform for Count {
 
     fn committed(&mut self, written: &Written) {
         self.counted.committed(written);
+        self.results.committed(written);
         self.committed.clone_from(&self.totals);
         self.tally.commit();
     }
 
     fn aborted(&mut self) {
         self.counted.aborted();
+        self.results.aborted();
         self.totals.clone_from(&self.committed);
         self.tally.abort();
     }
@@ -266,7 +281,6 @@ fn work(
     };
     loop {
         let count = Count {
-            kafka: kafka_settings.clone(),
             output_topic: topics.name(Topic::AnalyticsResult),
             totals: Totals::default(),
             committed: Totals::default(),
@@ -276,6 +290,11 @@ fn work(
                 &config.transactional_id,
             ),
             partitions: 1,
+            results: Store::new(
+                kafka_settings,
+                topics.name(Topic::AnalyticsResult),
+                &format!("{}-results", config.transactional_id),
+            ),
             tally: Tally::default(),
         };
         match run_exactly_once(kafka_settings, &config, count, stop) {

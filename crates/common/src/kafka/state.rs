@@ -124,13 +124,43 @@ impl Store {
     /// Sets `key` in `partition` in the open transaction; returns the changelog record to
     /// write in it.
     pub fn put(&mut self, partition: i32, key: String, value: Vec<u8>) -> Output {
-        let mut record = Output::new(&self.changelog, key.clone(), value.clone());
+        let mut record = self.put_any(partition, key, value);
         record.partition = Some(partition);
-        self.pending
-            .entry(partition)
-            .or_default()
-            .insert(key, value);
         record
+    }
+
+    /// For a store of a whole topic ([`Store::restore_all`]): sets `key` under `bucket` in the
+    /// open transaction; returns the record to write in it, in the partition its key gives.
+    pub fn put_any(&mut self, bucket: i32, key: String, value: Vec<u8>) -> Output {
+        let record = Output::new(&self.changelog, key.clone(), value.clone());
+        self.pending.entry(bucket).or_default().insert(key, value);
+        record
+    }
+
+    /// Every entry under `bucket` in the copy, by key (what the last restore and the
+    /// committed transactions since put there).
+    pub fn entries(&self, bucket: i32) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let read = self.db()?.begin_read()?;
+        let table = match read.open_table(ENTRIES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(err) => return Err(err.into()),
+        };
+        let bucket = bucket as u32;
+        let mut entries = Vec::new();
+        for entry in table.range((bucket, "")..(bucket + 1, ""))? {
+            let (key, value) = entry?;
+            entries.push((key.value().1.to_owned(), value.value().to_vec()));
+        }
+        for layer in [&self.unsaved, &self.pending] {
+            for (key, value) in layer.get(&(bucket as i32)).into_iter().flatten() {
+                match entries.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
+                    Ok(at) => entries[at].1.clone_from(value),
+                    Err(at) => entries.insert(at, (key.clone(), value.clone())),
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// The open transaction committed, having written `written`: its entries go into the
@@ -545,6 +575,31 @@ mod tests {
             store.checkpoints(&[0, 1]).unwrap(),
             HashMap::from([(0, 0), (1, 0)])
         );
+    }
+
+    #[test]
+    fn the_entries_of_a_bucket_are_those_of_the_copy_and_the_open_transaction_by_key() {
+        let mut store = opened(&settings(None));
+        let record = store.put_any(0, "2026-11-02".into(), b"b".to_vec());
+        assert_eq!(record.partition, None, "the key decides its partition");
+        store.put_any(0, "2026-11-01".into(), b"a".to_vec());
+        store.put(1, "2026-11-01".into(), b"other bucket".to_vec());
+        store.committed(&written(0, 4));
+        store.put_any(0, "2026-11-02".into(), b"b2".to_vec());
+        store.put_any(0, "2026-11-03".into(), b"c".to_vec());
+        let entries = store.entries(0).unwrap();
+        let expected: Vec<(String, Vec<u8>)> = [
+            ("2026-11-01", "a"),
+            ("2026-11-02", "b2"),
+            ("2026-11-03", "c"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(entries, expected);
+        store.aborted();
+        assert_eq!(store.entries(0).unwrap()[1].1, b"b".to_vec());
+        assert_eq!(store.entries(0).unwrap().len(), 2);
     }
 
     #[test]
