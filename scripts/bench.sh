@@ -427,8 +427,10 @@ start_flatpack() { # <step> <service[@instance]...>
     case "$exe" in
       orders) probe=(fp_http_ok "http://$orders_addr/readyz") ;;
       dashboard) probe=(fp_http_ok "http://$dashboard_addr/readyz") ;;
-      # The group consumer's assignment (client="<service>"), after any state it restores
-      # first; the readers that restore log their own assignments without a client.
+      # analytics counts once its totals are restored and the partitions it alone reads are
+      # assigned; the others once their group assigned them partitions (client="<service>":
+      # the readers that restore state log their own assignments without one).
+      analytics) probe=(log_has "$logs/$step-$name.log" "consuming exactly once") ;;
       *) probe=(log_has "$logs/$step-$name.log" "partitions assigned client=\"$exe\"") ;;
     esac
     svc_ready[$name]=$(wait_ready "$step-$name" "$started_pid" "$started_ns" 60 "${probe[@]}")
