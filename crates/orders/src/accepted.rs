@@ -63,8 +63,6 @@ const ORDERS: TableDefinition<&str, Entry> = TableDefinition::new("accepted");
 const TURNS: usize = 1024;
 /// Records read from the log per write to the database (fewer when reading pauses).
 const BATCH: usize = 2_000;
-/// How often the database is made durable on disk.
-const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The accepted orders, shared by the request handlers and the reader of `order_details`.
 pub struct Accepted {
@@ -90,13 +88,9 @@ impl Accepted {
     /// The index whose database is at `path` (in memory: `None`).
     pub fn open(path: Option<&Path>) -> anyhow::Result<Self> {
         let db = state::open_copy(path)?;
-        let known = {
-            let read = db.begin_read()?;
-            match read.open_table(ORDERS) {
-                Ok(table) => table.len()?,
-                Err(redb::TableError::TableDoesNotExist(_)) => 0,
-                Err(err) => return Err(err.into()),
-            }
+        let known = match state::readable(&db.begin_read()?, ORDERS)? {
+            Some(table) => table.len()?,
+            None => 0,
         };
         gauge!("flatpack_orders_known").set(known as f64);
         Ok(Self {
@@ -148,11 +142,8 @@ impl Accepted {
 
     /// The entry read from the log under `key`.
     fn logged(&self, key: &str) -> anyhow::Result<Option<Entry>> {
-        let read = self.db.begin_read()?;
-        let table = match read.open_table(ORDERS) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(err) => return Err(err.into()),
+        let Some(table) = state::readable(&self.db.begin_read()?, ORDERS)? else {
+            return Ok(None);
         };
         Ok(table.get(key)?.map(|entry| entry.value()))
     }
@@ -247,7 +238,7 @@ pub fn follow(
                 restored: 0,
                 batch: Vec::with_capacity(BATCH),
                 next: HashMap::new(),
-                last_sync: Instant::now(),
+                syncs: state::Syncs::default(),
                 started: Instant::now(),
             };
             read::follow(&consumer, &topic, Start::After(&from), &stop, &mut reader);
@@ -264,7 +255,7 @@ struct LogReader {
     batch: Vec<(String, Entry)>,
     /// The offset after the last record read, by partition.
     next: HashMap<i32, i64>,
-    last_sync: Instant,
+    syncs: state::Syncs,
     started: Instant,
 }
 
@@ -273,19 +264,12 @@ impl LogReader {
         if self.next.is_empty() {
             return;
         }
-        let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
-        let durability = if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
+        let durability = self.syncs.next();
         match self.accepted.read(&self.batch, &self.next, durability) {
             Ok(()) => {
                 self.batch.clear();
                 self.next.clear();
-                if sync {
-                    self.last_sync = Instant::now();
-                }
+                self.syncs.written(durability);
             }
             // Kept, and written with the next batch.
             Err(err) => warn!(
@@ -336,11 +320,7 @@ impl Drop for LogReader {
     /// the next start reads nothing it already has.
     fn drop(&mut self) {
         self.write();
-        let synced = || -> anyhow::Result<()> {
-            self.accepted.db.begin_write()?.commit()?;
-            Ok(())
-        };
-        if let Err(err) = synced() {
+        if let Err(err) = state::make_durable(&self.accepted.db) {
             warn!(
                 cause = format!("{err:#}"),
                 "the index of accepted orders could not be made durable"

@@ -32,7 +32,8 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::Message;
 use redb::backends::InMemoryBackend;
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+    Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition, Value, WriteTransaction,
 };
 use tracing::{info, warn};
 
@@ -70,7 +71,7 @@ pub struct Store {
     unsaved: HashMap<i32, HashMap<String, Vec<u8>>>,
     /// Checkpoints to write with `unsaved`.
     unsaved_checkpoints: HashMap<i32, i64>,
-    last_sync: Instant,
+    syncs: Syncs,
 }
 
 impl std::fmt::Debug for Store {
@@ -98,7 +99,7 @@ impl Store {
             pending: HashMap::new(),
             unsaved: HashMap::new(),
             unsaved_checkpoints: HashMap::new(),
-            last_sync: Instant::now(),
+            syncs: Syncs::default(),
         }
     }
 
@@ -109,12 +110,9 @@ impl Store {
                 return Ok(Some(value.clone()));
             }
         }
-        let db = self.db()?;
-        let read = db.begin_read()?;
-        let table = match read.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(err) => return Err(err.into()),
+        let read = self.db()?.begin_read()?;
+        let Some(table) = readable(&read, ENTRIES)? else {
+            return Ok(None);
         };
         Ok(table
             .get((partition as u32, key))?
@@ -141,19 +139,16 @@ impl Store {
     /// committed transactions since put there).
     pub fn entries(&self, bucket: i32) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
         let read = self.db()?.begin_read()?;
-        let table = match read.open_table(ENTRIES) {
-            Ok(table) => table,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(err) => return Err(err.into()),
-        };
-        let bucket = bucket as u32;
         let mut entries = Vec::new();
-        for entry in table.range((bucket, "")..(bucket + 1, ""))? {
-            let (key, value) = entry?;
-            entries.push((key.value().1.to_owned(), value.value().to_vec()));
+        if let Some(table) = readable(&read, ENTRIES)? {
+            let bucket = bucket as u32;
+            for entry in table.range((bucket, "")..(bucket + 1, ""))? {
+                let (key, value) = entry?;
+                entries.push((key.value().1.to_owned(), value.value().to_vec()));
+            }
         }
         for layer in [&self.unsaved, &self.pending] {
-            for (key, value) in layer.get(&(bucket as i32)).into_iter().flatten() {
+            for (key, value) in layer.get(&bucket).into_iter().flatten() {
                 match entries.binary_search_by(|(k, _)| k.as_str().cmp(key)) {
                     Ok(at) => entries[at].1.clone_from(value),
                     Err(at) => entries.insert(at, (key.clone(), value.clone())),
@@ -194,21 +189,14 @@ impl Store {
     }
 
     fn save(&mut self) -> anyhow::Result<()> {
-        let sync = self.last_sync.elapsed() >= SYNC_INTERVAL;
-        let durability = if sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        };
+        let durability = self.syncs.next();
         let entries = self.unsaved.iter().flat_map(|(partition, values)| {
             values
                 .iter()
                 .map(|(key, value)| (*partition, key.as_str(), value.as_slice()))
         });
         write(self.db()?, entries, &self.unsaved_checkpoints, durability)?;
-        if sync {
-            self.last_sync = Instant::now();
-        }
+        self.syncs.written(durability);
         Ok(())
     }
 
@@ -387,11 +375,7 @@ impl Drop for Store {
     /// so that the next start reads nothing it already has.
     fn drop(&mut self) {
         let Some(db) = &self.db else { return };
-        let synced = || -> anyhow::Result<()> {
-            db.begin_write()?.commit()?;
-            Ok(())
-        };
-        if let Err(err) = synced() {
+        if let Err(err) = make_durable(db) {
             warn!(changelog = %self.changelog, cause = format!("{err:#}"), "the state's on-disk copy could not be made durable");
         }
     }
@@ -432,6 +416,58 @@ pub fn open_copy(path: Option<&Path>) -> anyhow::Result<Database> {
     }
 }
 
+/// `definition`'s table as `read` sees it; `None` while nothing was ever written to it.
+pub fn readable<K: Key + 'static, V: Value + 'static>(
+    read: &ReadTransaction,
+    definition: TableDefinition<K, V>,
+) -> anyhow::Result<Option<ReadOnlyTable<K, V>>> {
+    match read.open_table(definition) {
+        Ok(table) => Ok(Some(table)),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Makes every commit to `db` so far durable: an empty commit with redb's default, immediate
+/// durability (at a clean stop, so that the next start reads nothing it already has).
+pub fn make_durable(db: &Database) -> anyhow::Result<()> {
+    db.begin_write()?.commit()?;
+    Ok(())
+}
+
+/// How a copy's writes are made: without waiting for the disk (redb's `Durability::None`),
+/// but durably every [`SYNC_INTERVAL`].
+#[derive(Debug)]
+pub struct Syncs {
+    last: Instant,
+}
+
+impl Default for Syncs {
+    fn default() -> Self {
+        Self {
+            last: Instant::now(),
+        }
+    }
+}
+
+impl Syncs {
+    /// The durability of the next write.
+    pub fn next(&self) -> Durability {
+        if self.last.elapsed() >= SYNC_INTERVAL {
+            Durability::Immediate
+        } else {
+            Durability::None
+        }
+    }
+
+    /// A write with `durability` succeeded.
+    pub fn written(&mut self, durability: Durability) {
+        if matches!(durability, Durability::Immediate) {
+            self.last = Instant::now();
+        }
+    }
+}
+
 /// Writes `entries` into the copy, with `checkpoints` where they are past the ones it has.
 fn write<'a>(
     db: &Database,
@@ -468,10 +504,8 @@ pub fn advance(txn: &WriteTransaction, next: &HashMap<i32, i64>) -> anyhow::Resu
 /// Every checkpoint the copy holds: partition → the offset to read on from.
 pub fn checkpoints(db: &Database) -> anyhow::Result<HashMap<i32, i64>> {
     let read = db.begin_read()?;
-    let table = match read.open_table(CHECKPOINTS) {
-        Ok(table) => table,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(HashMap::new()),
-        Err(err) => return Err(err.into()),
+    let Some(table) = readable(&read, CHECKPOINTS)? else {
+        return Ok(HashMap::new());
     };
     table
         .iter()?
