@@ -436,7 +436,7 @@ pub fn make_durable(db: &Database) -> anyhow::Result<()> {
 }
 
 /// How a copy's writes are made: without waiting for the disk (redb's `Durability::None`),
-/// but durably every [`SYNC_INTERVAL`].
+/// but durably every five seconds.
 #[derive(Debug)]
 pub struct Syncs {
     last: Instant,
