@@ -1,7 +1,9 @@
 //! The analytics service: exact totals, through crashes and with two instances.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::kafka::COMPACTED_TOPIC_CONFIG;
 use common::{AnalyticsResult, Topic};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -115,6 +117,22 @@ async fn totals_are_the_exact_sum_of_confirmed_prices_with_declines_counted_apar
     let mut reader = env.reader(&env.topic(Topic::AnalyticsResult));
     let raw = reader.read_at_least(1, Duration::from_secs(30))[0].json();
     assert!(raw["total_revenue"].is_number() && raw["total_orders_count"].is_u64());
+
+    // analytics_result and the changelog analytics created keep one record per key, in
+    // segments small enough to be compacted long before a million results.
+    let compacted: BTreeMap<String, String> = COMPACTED_TOPIC_CONFIG
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    assert_eq!(compacted["segment.bytes"], "16777216");
+    for topic in [
+        env.topic(Topic::AnalyticsResult),
+        env.kafka.topics().changelog("analytics-counted"),
+    ] {
+        assert_eq!(env.topic_overrides(&topic).await, compacted, "{topic}");
+    }
+    let plain = env.topic_overrides(&env.topic(Topic::OrderConfirmed)).await;
+    assert_eq!(plain, BTreeMap::new());
 
     analytics.stop().await.unwrap();
     transactions.stop().await.unwrap();

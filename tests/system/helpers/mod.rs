@@ -5,14 +5,14 @@ pub mod broker;
 pub mod jaeger;
 pub mod mailpit;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use common::kafka::{base_config, ensure_topics};
 use common::{KafkaSettings, Settings};
-use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::admin::{AdminClient, AdminOptions, ConfigSource, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -143,6 +143,28 @@ impl TestEnv {
             .delete_records(&offsets, &AdminOptions::new())
             .await
             .expect("deleting the records");
+    }
+
+    /// The configuration of `topic` that was set on it, rather than left to the broker's
+    /// defaults.
+    pub async fn topic_overrides(&self, topic: &str) -> BTreeMap<String, String> {
+        let admin: AdminClient<DefaultClientContext> =
+            base_config(&self.kafka).create().expect("admin client");
+        let resources = admin
+            .describe_configs(&[ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .expect("describing the topic's configuration");
+        let resource = resources
+            .into_iter()
+            .next()
+            .expect("one resource described")
+            .expect("the topic's configuration");
+        resource
+            .entries
+            .into_iter()
+            .filter(|entry| entry.source == ConfigSource::DynamicTopic)
+            .filter_map(|entry| Some((entry.name, entry.value?)))
+            .collect()
     }
 
     /// A plain producer for writing test input straight to a topic.

@@ -22,6 +22,20 @@ use crate::topics::Topic;
 /// How long admin requests (topic creation, metadata) may take before start-up gives up.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The configuration of every compacted topic flatpack creates.
+///
+/// The broker compacts only closed segments, and its default segment is 1 GiB: a million
+/// results of `analytics_result` (one per decision) would all stay in the active segment,
+/// and every reader from the beginning (the dashboard, a service restoring a state store
+/// without a copy on disk) would read them all. With 16 MiB segments, what such a reader
+/// reads beyond one record per key is bounded by the segments not yet compacted; an hour
+/// closes the active segment of a topic written slowly.
+pub const COMPACTED_TOPIC_CONFIG: [(&str, &str); 3] = [
+    ("cleanup.policy", "compact"),
+    ("segment.bytes", "16777216"),
+    ("segment.ms", "3600000"),
+];
+
 /// Creates the topics a service needs, with the configured partitions and replication
 /// factor; topics that exist already are left as they are.
 pub async fn ensure_topics(settings: &KafkaSettings, names: &[String]) -> anyhow::Result<()> {
@@ -55,7 +69,9 @@ async fn create_missing(
                 TopicReplication::Fixed(settings.replication_factor),
             );
             if compacted(name) {
-                topic.set("cleanup.policy", "compact")
+                COMPACTED_TOPIC_CONFIG
+                    .iter()
+                    .fold(topic, |topic, (key, value)| topic.set(key, value))
             } else {
                 topic
             }

@@ -25,8 +25,8 @@ pub mod read;
 pub mod state;
 
 pub use admin::{
-    await_changelog, await_stage_topics, await_topics, broker_answers, ensure_plain_topics,
-    ensure_topics, retry_until_ok,
+    COMPACTED_TOPIC_CONFIG, await_changelog, await_stage_topics, await_topics, broker_answers,
+    ensure_plain_topics, ensure_topics, retry_until_ok,
 };
 pub use client::{
     COMPLAINT_INTERVAL, FlatpackContext, Throttle, Written, acknowledged, base_config, consumer,
