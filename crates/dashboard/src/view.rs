@@ -11,7 +11,7 @@ use common::events::{DecodeError, decode_json, utc_day};
 use common::{AnalyticsResult, EmailSent, Id, Money, Order, OrderDecision, Topic};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 /// How many days of analytics figures the view keeps (the chart and API show fewer).
@@ -60,7 +60,7 @@ pub struct OrderProgress {
     /// The customer's `order_details` fields other than `price`, as they came (shown as
     /// text), less anything that looks like a payment credential.
     #[schema(value_type = Object)]
-    pub details: Map<String, Value>,
+    pub details: Details,
     pub stage: Stage,
     /// When the order was placed (`time`), epoch seconds.
     pub placed_at: f64,
@@ -88,13 +88,15 @@ impl OrderProgress {
             user_id: order.user_id.clone(),
             user_email: order.user_email.masked(),
             price: order.order_details.price,
-            details: order
-                .order_details
-                .extra
-                .iter()
-                .filter(|(key, _)| !is_payment_secret(key))
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
+            details: Details(
+                order
+                    .order_details
+                    .extra
+                    .iter()
+                    .filter(|(key, _)| !is_payment_secret(key))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect(),
+            ),
             stage: Stage::Placed,
             placed_at: order.time,
             status: "pending",
@@ -120,6 +122,28 @@ impl OrderProgress {
         } else {
             Stage::Placed
         };
+    }
+}
+
+/// The fields of `order_details` kept for display, shown as a JSON object.
+///
+/// A slice rather than a map: an order has a few of them, and a map's smallest node is about
+/// 600 bytes, a third of what the view kept per order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Details(Box<[(String, Value)]>);
+
+impl Details {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, value)| value)
+    }
+}
+
+impl Serialize for Details {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(key, value)| (key, value)))
     }
 }
 
@@ -245,7 +269,8 @@ pub struct View {
     /// Seconds an order may wait for its next step before it counts as stuck.
     stuck_after: f64,
     lag: Vec<GroupLag>,
-    orders: HashMap<Id, OrderProgress>,
+    /// Boxed: a table's free slots then cost a pointer each, not a whole entry.
+    orders: HashMap<Id, Box<OrderProgress>>,
     /// (placement time in microseconds, id): the eviction and "latest orders" order.
     by_placement: BTreeSet<(i64, Id)>,
     latest: Option<AnalyticsResult>,
@@ -314,7 +339,7 @@ impl View {
             let key = (micros(order.time), order.order_id.clone());
             self.by_placement.insert(key);
             self.orders
-                .insert(order.order_id.clone(), OrderProgress::new(order));
+                .insert(order.order_id.clone(), Box::new(OrderProgress::new(order)));
             while self.orders.len() > self.max_orders {
                 let Some((_, oldest)) = self.by_placement.pop_first() else {
                     break;
@@ -322,7 +347,7 @@ impl View {
                 self.orders.remove(&oldest);
             }
         }
-        self.orders.get_mut(&order.order_id)
+        self.orders.get_mut(&order.order_id).map(Box::as_mut)
     }
 
     fn analytics(&mut self, result: &AnalyticsResult) {
@@ -351,6 +376,7 @@ impl View {
         as_int
             .and_then(|id| self.orders.get(&id))
             .or_else(|| self.orders.get(&Id::Str(id.to_owned())))
+            .map(Box::as_ref)
     }
 
     /// The latest `limit` orders by placement time, newest first.
@@ -360,7 +386,7 @@ impl View {
             .rev()
             .filter_map(|(_, id)| self.orders.get(id))
             .take(limit)
-            .cloned()
+            .map(|order| OrderProgress::clone(order))
             .collect()
     }
 
@@ -592,7 +618,9 @@ mod tests {
         assert_eq!(placed.stage, Stage::Placed);
         assert_eq!(placed.status, "pending");
         assert_eq!(placed.user_email, "a***@example.com");
-        assert_eq!(placed.details["item"], json!("BILLY"));
+        assert_eq!(placed.details.get("item"), Some(&json!("BILLY")));
+        let shown = serde_json::to_value(placed).unwrap();
+        assert_eq!(shown["details"], json!({"item": "BILLY"}));
         assert!(
             placed.details.get("payment_token").is_none(),
             "payment credentials are not kept"

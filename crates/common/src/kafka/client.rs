@@ -477,6 +477,12 @@ fn consumer_config(
     // most a few hundred).
     set_default(&mut config, "queued.min.messages", "5000");
     set_default(&mut config, "queued.max.messages.kbytes", "4096");
+    // Those bounds are checked before a fetch, and one fetch may bring up to 50 MB (1 MB per
+    // partition) past them: a reader catching up on six partitions held 26 MB of fetch
+    // buffers and 70,000 messages. 1 MB a fetch (256 KB per partition) is some thousands of
+    // orders, and fetches follow each other as long as the queue is below its bounds.
+    set_default(&mut config, "fetch.max.bytes", "1048576");
+    set_default(&mut config, "max.partition.fetch.bytes", "262144");
     // With the queue that small, a reader (a restore, the dashboard) fills it in an instant,
     // and librdkafka then waits a whole second by default before it fetches that partition
     // again: reads went ten times slower.
