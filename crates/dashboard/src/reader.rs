@@ -1,5 +1,6 @@
 //! Reads the four topics into the [`View`] at every start: `analytics_result` (compacted: a
-//! record per day) from its beginning, and of the three topics of orders only the latest
+//! record per day, plus the segments not yet compacted, 16 MiB at most each) from its
+//! beginning, and of the three topics of orders only the latest
 //! `max_orders` records of each partition, as many as the view keeps, so that a start reads
 //! no more with a million orders in the topics than with ten thousand.
 //!
