@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 
 use crate::helpers::mailpit::{MailSummary, Mailpit, mailpit};
 use crate::helpers::{
-    Record, ServiceProcess, TestEnv, order_body, post_all, spawn_email, spawn_orders,
-    spawn_transactions,
+    Record, ServiceProcess, TestEnv, free_addr, order_body, post_all, scrape_until, spawn_email,
+    spawn_orders, spawn_transactions,
 };
 use crate::test_env;
 
@@ -509,9 +509,33 @@ async fn an_order_emailed_before_is_not_emailed_again_after_retention_deleted_it
     // One input at a time: when order 4's record is written, the copies before it are done.
     vars.push(("EMAIL_CONCURRENCY".into(), "1".into()));
     vars.push(("FLATPACK_STORE_DIR".into(), store_dir.display().to_string()));
+    // The checkpoints move past this instance's own records within 300 ms of writing them.
+    vars.push(("EMAIL_HANDLED_READ_INTERVAL_MS".into(), "300".into()));
     let email = ServiceProcess::start("email", &vars);
     produce_confirmed(&env, &[1, 2, 3]).await;
     wait_for_records(&env, Topic::OrderEmailSent, 3).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(email.terminate(Duration::from_secs(30)).success());
+
+    // A restart reads none of the three records again: the copy has them, and its
+    // checkpoints are past them.
+    let ops = free_addr();
+    let mut restarted = vars.clone();
+    restarted.push(("EMAIL_OPS_ADDR".into(), ops.clone()));
+    let email = ServiceProcess::start("email", &restarted);
+    let changelog = env.topic(Topic::OrderEmailSent);
+    let series = format!("flatpack_state_restored_total{{changelog=\"{changelog}\"}}");
+    let metrics = scrape_until(
+        &format!("http://{ops}/metrics"),
+        Duration::from_secs(60),
+        |text| text.lines().any(|line| line.starts_with(&series)),
+    )
+    .await;
+    let restored = format!("{series} 0");
+    assert!(
+        metrics.lines().any(|line| line == restored),
+        "the restart read nothing again ({restored}):\n{metrics}"
+    );
     assert!(email.terminate(Duration::from_secs(30)).success());
 
     // Retention deletes the records of the e-mails sent; the decisions come again (a

@@ -207,6 +207,7 @@ pub async fn run(
         group_id: topics.scoped("email"),
         instance_id: settings.instance().map(str::to_owned),
         handled: Some(Topic::OrderEmailSent),
+        handled_read_interval: settings.handled_read_interval,
         // The pool holds EMAIL_CONCURRENCY connections; more orders in hand let the broker's
         // acknowledgements of finished e-mails overlap the next sends instead of holding a
         // connection idle.

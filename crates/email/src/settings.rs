@@ -73,6 +73,11 @@ pub struct EmailSettings {
     /// crashed instance's partitions wait until the group gives up on it.
     #[serde(rename = "email_instance_id")]
     pub instance_id: Option<String>,
+    /// `EMAIL_HANDLED_READ_INTERVAL_MS` (default 30000): how often the keys on
+    /// `order_email_sent` are read on from where the last read stopped, this instance's own
+    /// included, so that a restart reads again at most that long's worth.
+    #[serde(rename = "email_handled_read_interval_ms", deserialize_with = "millis")]
+    pub handled_read_interval: Duration,
     /// `EMAIL_OPS_ADDR`: where `/metrics`, `/healthz` and `/readyz` are served.
     #[serde(rename = "email_ops_addr")]
     pub ops_addr: SocketAddr,
@@ -96,6 +101,7 @@ impl Default for EmailSettings {
             retry_max: Duration::from_secs(30),
             concurrency: 32,
             instance_id: None,
+            handled_read_interval: Duration::from_secs(30),
             ops_addr: SocketAddr::from(([0, 0, 0, 0], 9103)),
         }
     }
@@ -138,6 +144,11 @@ impl Settings for EmailSettings {
             self.retry_initial..=Duration::from_secs(3_600),
         )?;
         check_range("EMAIL_CONCURRENCY", self.concurrency, 1..=256)?;
+        check_range(
+            "EMAIL_HANDLED_READ_INTERVAL_MS",
+            self.handled_read_interval,
+            Duration::from_millis(100)..=Duration::from_secs(3_600),
+        )?;
         if let Some(id) = &self.instance_id
             && (id.trim().is_empty() || id.trim().contains(char::is_whitespace))
         {
@@ -203,6 +214,7 @@ mod tests {
         );
         assert_eq!(settings.retry().max, Duration::from_secs(30));
         assert_eq!(settings.concurrency, 32);
+        assert_eq!(settings.handled_read_interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -216,6 +228,7 @@ mod tests {
             ("EMAIL_FROM", "Shop <shop@example.com>"),
             ("EMAIL_RETRY_MAX_MS", "2000"),
             ("EMAIL_CONCURRENCY", "4"),
+            ("EMAIL_HANDLED_READ_INTERVAL_MS", "1500"),
         ]))
         .unwrap();
         assert_eq!(settings.smtp_host, "smtp.example.com");
@@ -228,6 +241,7 @@ mod tests {
         assert_eq!(settings.from.email.to_string(), "shop@example.com");
         assert_eq!(settings.retry().max, Duration::from_secs(2));
         assert_eq!(settings.concurrency, 4);
+        assert_eq!(settings.handled_read_interval, Duration::from_millis(1500));
         assert!(
             !format!("{settings:?}").contains("s3cret"),
             "the password is never printed"
@@ -250,6 +264,7 @@ mod tests {
                 "EMAIL_RETRY_MAX_MS",
                 "EMAIL_CONCURRENCY",
                 "EMAIL_INSTANCE_ID",
+                "EMAIL_HANDLED_READ_INTERVAL_MS",
                 "EMAIL_OPS_ADDR",
             ]
         );
@@ -270,6 +285,10 @@ mod tests {
             (vec![("EMAIL_CONCURRENCY", "0")], "EMAIL_CONCURRENCY"),
             (vec![("EMAIL_CONCURRENCY", "many")], "EMAIL_CONCURRENCY"),
             (vec![("EMAIL_INSTANCE_ID", " ")], "EMAIL_INSTANCE_ID"),
+            (
+                vec![("EMAIL_HANDLED_READ_INTERVAL_MS", "10")],
+                "EMAIL_HANDLED_READ_INTERVAL_MS",
+            ),
             (
                 vec![("EMAIL_INSTANCE_ID", "email one")],
                 "EMAIL_INSTANCE_ID",

@@ -14,7 +14,9 @@
 //! restart, unless the service names its output topic in [`AtLeastOnceConfig::handled`]: the
 //! loop then reads that topic's keys on start and after every partition assignment into a
 //! [`Store`] (which keeps them after the topic's retention deleted their records), and skips
-//! inputs whose key is already there (or is being handled right now). A restart or rebalance
+//! inputs whose key is already there (or is being handled right now). It reads on every
+//! [`AtLeastOnceConfig::handled_read_interval`] while it writes, so that the copy's
+//! checkpoints move past its own records and a restart need not read them again. A restart or rebalance
 //! thus repeats nothing in the normal case; only a crash inside the narrow window between a
 //! side effect and the acknowledgement of its record does, for the inputs in hand then.
 
@@ -105,6 +107,11 @@ pub struct AtLeastOnceConfig {
     /// The topic whose record keys mark inputs as handled (the loop's own output), or `None`
     /// to handle every input however often it is read.
     pub handled: Option<Topic>,
+    /// How often the handled keys are read on from where the last read stopped. The keys of
+    /// this instance's own records go into the copy at once, but the copy's checkpoints
+    /// move only as far as a read got (another instance may have written before them), so a
+    /// restart reads again what was written since the last read: at most this long's worth.
+    pub handled_read_interval: Duration,
     /// Most inputs handled at once (at least 1).
     pub concurrency: usize,
     /// Waits between attempts of a failed handler or a failed write.
@@ -183,6 +190,11 @@ pub async fn run_at_least_once<H: Handler>(
     let mut assignment = Vec::new();
     let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
     commit_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut read_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.handled_read_interval,
+        config.handled_read_interval,
+    );
+    read_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut uncommitted = false;
     // Set once an input was left unhandled: no later offset may be stored after it.
     let mut halted = false;
@@ -236,6 +248,11 @@ pub async fn run_at_least_once<H: Handler>(
                 uncommitted = false;
                 if let Err(err) = consumer.commit_consumer_state(CommitMode::Async) {
                     warn!(service = config.service, cause = %err, "offsets not committed");
+                }
+            }
+            _ = read_tick.tick(), if !stopping && handled.as_ref().is_some_and(HandledKeys::wrote_since_read) => {
+                if let Some(keys) = handled.take() {
+                    handled = Some(keys.read_on().await?);
                 }
             }
             received = consumer.recv(), if !stopping && in_hand.len() < config.concurrency => {
@@ -479,6 +496,8 @@ struct HandledKeys {
     service: &'static str,
     topic: String,
     store: Store,
+    /// Keys this instance handled since the last read.
+    unread: u64,
 }
 
 impl HandledKeys {
@@ -492,6 +511,7 @@ impl HandledKeys {
             service: config.service,
             store: Store::new(settings, topic.clone(), &owner),
             topic,
+            unread: 0,
         }
     }
 
@@ -514,6 +534,33 @@ impl HandledKeys {
 
     fn insert(&mut self, key: String) {
         self.store.remember(0, key);
+        self.unread += 1;
+    }
+
+    /// Whether this instance handled inputs since the last read, whose records a read would
+    /// move the checkpoints past.
+    fn wrote_since_read(&self) -> bool {
+        self.unread > 0
+    }
+
+    /// Reads on from the checkpoints to the end, once: the checkpoints move past this
+    /// instance's own records. A failure (the broker away) is logged and left to the next
+    /// read; the copy stays as it was.
+    async fn read_on(mut self) -> anyhow::Result<Self> {
+        tokio::task::spawn_blocking(move || {
+            match self.store.read_on_all() {
+                Ok(()) => self.unread = 0,
+                Err(err) => warn!(
+                    service = self.service,
+                    topic = %self.topic,
+                    cause = format!("{err:#}"),
+                    "the handled keys could not be read on; trying again later"
+                ),
+            }
+            self
+        })
+        .await
+        .context("the handled-keys reader panicked")
     }
 
     /// Reads every partition of the topic to its current end (committed records only),
@@ -523,6 +570,7 @@ impl HandledKeys {
         tokio::task::spawn_blocking(move || {
             let what = format!("reading the handled keys of {}", self.topic);
             retry_until_ok(&what, &stop, || self.store.restore_all())?;
+            self.unread = 0;
             Some(self)
         })
         .await

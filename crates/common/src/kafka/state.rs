@@ -35,7 +35,7 @@ use redb::{
     Database, Durability, Key, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
     TableDefinition, Value, WriteTransaction,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::exactly_once::Output;
 use super::read::{self, Start};
@@ -218,14 +218,21 @@ impl Store {
     /// checkpoints to the end (committed records only). Call it for newly assigned partitions
     /// before applying any of their input.
     pub fn restore(&mut self, partitions: &[i32]) -> anyhow::Result<()> {
-        self.read_changelog(Some(partitions), None)
+        self.read_changelog(Some(partitions), None, Read::Restore)
     }
 
     /// For a store of the keys of a whole topic (every entry under partition 0, as
     /// [`Store::remember`] puts them): reads every partition of the topic from the copy's
     /// checkpoints to its end.
     pub fn restore_all(&mut self) -> anyhow::Result<()> {
-        self.read_changelog(None, Some(0))
+        self.read_changelog(None, Some(0), Read::Restore)
+    }
+
+    /// [`Store::restore_all`] while the store is in use: the same read, which moves the
+    /// checkpoints past the entries [`Store::remember`] noted (so that the next start need
+    /// not read them again), logged at debug and not counted as restored.
+    pub fn read_on_all(&mut self) -> anyhow::Result<()> {
+        self.read_changelog(None, Some(0), Read::On)
     }
 
     /// Notes `key` under `partition` in the copy at once, outside any transaction (an entry
@@ -244,6 +251,7 @@ impl Store {
         &mut self,
         partitions: Option<&[i32]>,
         bucket: Option<i32>,
+        why: Read,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         self.open()?;
@@ -340,9 +348,16 @@ impl Store {
             .filter(|(_, offset)| *offset >= 0)
             .collect();
         flush(&mut chunk, &reached)?;
-        counter!("flatpack_state_restored_total", "changelog" => self.changelog.clone())
-            .increment(restored);
-        info!(changelog = %self.changelog, ?partitions, ?from, restored, elapsed = ?started.elapsed(), "state restored");
+        match why {
+            Read::Restore => {
+                counter!("flatpack_state_restored_total", "changelog" => self.changelog.clone())
+                    .increment(restored);
+                info!(changelog = %self.changelog, ?partitions, ?from, restored, elapsed = ?started.elapsed(), "state restored");
+            }
+            Read::On => {
+                debug!(changelog = %self.changelog, ?partitions, ?from, read = restored, elapsed = ?started.elapsed(), "state read on")
+            }
+        }
         Ok(())
     }
 
@@ -368,6 +383,15 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// Why a changelog is read into the copy.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// Before the state is used: at start, or for newly assigned partitions.
+    Restore,
+    /// While it is in use, to move the checkpoints on.
+    On,
 }
 
 impl Drop for Store {
