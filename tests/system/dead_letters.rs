@@ -209,21 +209,16 @@ async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() 
     let fixed_file = fixed_file.to_str().expect("UTF-8 path");
 
     // Act: replay the fixed order.
-    let replayed = succeeded(
-        &flatpack(
-            &env,
-            &[
-                "dead-letters",
-                "replay",
-                &dlq,
-                "--offset",
-                &poison_at,
-                "--payload-file",
-                fixed_file,
-            ],
-        )
-        .await,
-    );
+    let replay_fixed = [
+        "dead-letters",
+        "replay",
+        &dlq,
+        "--offset",
+        &poison_at,
+        "--payload-file",
+        fixed_file,
+    ];
+    let replayed = succeeded(&flatpack(&env, &replay_fixed).await);
     assert_eq!(
         replayed,
         format!(
@@ -242,21 +237,7 @@ async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() 
     assert_eq!(decided[0].json()["order_details"]["price"], json!(349));
 
     // Replayed again: nothing is written, and the command says so.
-    let again = succeeded(
-        &flatpack(
-            &env,
-            &[
-                "dead-letters",
-                "replay",
-                &dlq,
-                "--offset",
-                &poison_at,
-                "--payload-file",
-                fixed_file,
-            ],
-        )
-        .await,
-    );
+    let again = succeeded(&flatpack(&env, &replay_fixed).await);
     assert!(
         again.starts_with(&format!(
             "already replayed {dlq} {poison_at} (to {source}, at "

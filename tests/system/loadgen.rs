@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use common::Topic;
+use loadgen::bench::Pacing;
 use loadgen::{Config, Downstream};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -136,28 +137,18 @@ async fn email_stage_times_every_decision_to_its_record_and_fails_without_an_ema
     .await;
 
     // Nobody e-mails: the warm-up never completes and the measurement says so.
-    let none = loadgen::bench::email_stage(
-        &env.kafka,
-        10,
-        4,
-        100,
-        Duration::from_secs(3),
-        Duration::from_secs(3),
-    )
-    .await;
+    let pacing = |seconds| Pacing {
+        in_flight: 100,
+        warmup_seconds: seconds,
+        settle_seconds: seconds,
+    };
+    let none = loadgen::bench::email_stage(&env.kafka, 10, 4, pacing(3)).await;
     assert!(none.is_err(), "{none:?}");
 
     let email = spawn_email(&env, mailpit.smtp_vars());
-    let report = loadgen::bench::email_stage(
-        &env.kafka,
-        50,
-        8,
-        100,
-        Duration::from_secs(60),
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let report = loadgen::bench::email_stage(&env.kafka, 50, 8, pacing(60))
+        .await
+        .unwrap();
 
     assert!(report.complete, "{}", report.summary());
     assert_eq!(report.seen, 50);

@@ -20,10 +20,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use serde::Serialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+use utoipa::ToSchema;
 
 use crate::kafka::{self, FlatpackContext};
 use crate::settings::KafkaSettings;
@@ -123,14 +125,25 @@ pub async fn metrics() -> Response {
     }
 }
 
+/// What `/healthz` answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Alive {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Liveness: the process serves. Every service's `/healthz` (list it in an `OpenApi`'s
+/// `paths` as `common::ops::healthz`).
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Alive)))]
+pub async fn healthz() -> axum::Json<Alive> {
+    axum::Json(Alive { status: "ok" })
+}
+
 /// `/metrics`, `/healthz` and `/readyz` for a service without an HTTP API of its own.
 pub fn router(ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(ready)
 }

@@ -79,7 +79,7 @@ impl AppState {
         order,
         totals,
         events,
-        healthz,
+        common::ops::healthz,
         readyz,
         common::ops::metrics,
         openapi_json
@@ -92,13 +92,6 @@ pub struct ApiDoc;
 pub struct ErrorBody {
     /// What is wrong.
     pub error: String,
-}
-
-/// What `/healthz` answers.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Alive {
-    /// Always `ok`.
-    pub status: &'static str,
 }
 
 /// What `/readyz` answers: ready when both are true.
@@ -120,7 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders", get(orders))
         .route("/api/orders/{id}", get(order))
         .route("/api/totals", get(totals))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(common::ops::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(common::ops::metrics))
         .route("/openapi.json", get(openapi_json))
@@ -276,21 +269,11 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-/// Liveness: the process serves.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Alive)))]
-async fn healthz() -> Json<Alive> {
-    Json(Alive { status: "ok" })
-}
-
 /// Readiness: the broker answers and the view has caught up with the topics.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    responses(
-        (status = 200, description = "Ready.", body = Readiness),
-        (status = 503, description = "Not ready: the broker does not answer, or the view is still catching up.", body = Readiness),
-    )
-)]
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Ready.", body = Readiness),
+    (status = 503, description = "Not ready: the broker does not answer, or the view is still catching up.", body = Readiness),
+))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let caught_up = state.shared.caught_up();
     let broker = common::ops::is_ready(&state.broker_ready).await;

@@ -272,6 +272,30 @@ pub async fn smtp(
     })
 }
 
+/// How a measurement that writes straight to a topic and waits for what comes out runs.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Pacing {
+    /// Unacknowledged writes at most.
+    #[arg(long, default_value_t = 10_000)]
+    pub in_flight: usize,
+    /// Seconds to wait for the warm-up to come through.
+    #[arg(long, default_value_t = 60)]
+    pub warmup_seconds: u64,
+    /// Seconds to wait, after the last write, for the last to come through.
+    #[arg(long, default_value_t = 300)]
+    pub settle_seconds: u64,
+}
+
+impl Pacing {
+    pub fn warmup(&self) -> Duration {
+        Duration::from_secs(self.warmup_seconds)
+    }
+
+    pub fn settle(&self) -> Duration {
+        Duration::from_secs(self.settle_seconds)
+    }
+}
+
 /// The pipeline measurement.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeedReport {
@@ -347,9 +371,7 @@ pub async fn feed(
     kafka_settings: &KafkaSettings,
     orders: u64,
     price: Decimal,
-    in_flight: usize,
-    warmup_timeout: Duration,
-    settle_timeout: Duration,
+    pacing: Pacing,
 ) -> anyhow::Result<FeedReport> {
     let topics = kafka_settings.topics();
     let order_details = topics.name(Topic::OrderDetails);
@@ -364,12 +386,13 @@ pub async fn feed(
 
     let result = async {
         // Warm up until the pipeline answers.
-        let deadline = Instant::now() + warmup_timeout;
+        let deadline = Instant::now() + pacing.warmup();
         let mut warmup_orders = 0;
         while current().0.is_none() {
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "no result on {analytics_result} within {warmup_timeout:?} of warm-up orders to {order_details}"
+                "no result on {analytics_result} within {:?} of warm-up orders to {order_details}",
+                pacing.warmup()
             );
             warmup_orders += 1;
             let failed = write_orders(
@@ -404,11 +427,11 @@ pub async fn feed(
             1,
             orders,
             price,
-            in_flight,
+            pacing.in_flight,
         )
         .await?;
         let write_seconds = started.elapsed().as_secs_f64();
-        let deadline = Instant::now() + settle_timeout;
+        let deadline = Instant::now() + pacing.settle();
         let reached = loop {
             let (value, changed) = current();
             if value.is_some_and(|v| v >= target) {
@@ -422,7 +445,9 @@ pub async fn feed(
         // A little longer, so that a count beyond the target (duplicates) is seen too.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let count_after = current().0.unwrap_or(0);
-        let seconds = reached.map_or(started.elapsed(), |at| at.saturating_duration_since(started));
+        let seconds = reached.map_or(started.elapsed(), |at| {
+            at.saturating_duration_since(started)
+        });
         let seconds = seconds.as_secs_f64().max(f64::EPSILON);
         let complete = failed == 0 && count_after == target;
         Ok(FeedReport {
@@ -519,9 +544,7 @@ pub async fn email_stage(
     kafka_settings: &KafkaSettings,
     emails: u64,
     warmup: u64,
-    in_flight: usize,
-    warmup_timeout: Duration,
-    settle_timeout: Duration,
+    pacing: Pacing,
 ) -> anyhow::Result<EmailStageReport> {
     let topics = kafka_settings.topics();
     let order_confirmed = topics.name(Topic::OrderConfirmed);
@@ -554,18 +577,19 @@ pub async fn email_stage(
             &producer,
             &order_confirmed,
             decisions(&format!("{run_id}-warmup"), 1, warmup)?,
-            in_flight,
+            pacing.in_flight,
         )
         .await?;
         anyhow::ensure!(
             failed == 0,
             "writing the warm-up decisions to {order_confirmed}"
         );
-        let deadline = Instant::now() + warmup_timeout;
+        let deadline = Instant::now() + pacing.warmup();
         while count().0 < warmup {
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "the warm-up decisions were not all on {order_email_sent} within {warmup_timeout:?}"
+                "the warm-up decisions were not all on {order_email_sent} within {:?}",
+                pacing.warmup()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -573,9 +597,9 @@ pub async fn email_stage(
         let measured = decisions(&run_id, 1, emails)?;
         let target = warmup + emails;
         let started = Instant::now();
-        let failed = write_records(&producer, &order_confirmed, measured, in_flight).await?;
+        let failed = write_records(&producer, &order_confirmed, measured, pacing.in_flight).await?;
         let write_seconds = started.elapsed().as_secs_f64();
-        let deadline = Instant::now() + settle_timeout;
+        let deadline = Instant::now() + pacing.settle();
         while count().0 < target && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

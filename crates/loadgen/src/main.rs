@@ -93,15 +93,8 @@ enum Command {
         /// service's EMAIL_CONCURRENCY, so that every SMTP connection is open).
         #[arg(long, default_value_t = 64)]
         warmup: u64,
-        /// Unacknowledged decisions at most.
-        #[arg(long, default_value_t = 10_000)]
-        in_flight: usize,
-        /// Seconds to wait for the warm-up e-mails.
-        #[arg(long, default_value_t = 60)]
-        warmup_seconds: u64,
-        /// Seconds to wait, after the last decision was written, for its record.
-        #[arg(long, default_value_t = 300)]
-        settle_seconds: u64,
+        #[command(flatten)]
+        pacing: bench::Pacing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -112,19 +105,12 @@ enum Command {
         /// How many orders (after the warm-up).
         #[arg(long, default_value_t = 10_000)]
         orders: u64,
-        /// Unacknowledged orders at most.
-        #[arg(long, default_value_t = 10_000)]
-        in_flight: usize,
         /// The price of every order: a whole number, as the seed's analytics reads it with
         /// `int(...)`.
         #[arg(long, default_value = "349")]
         price: Decimal,
-        /// Seconds to wait for the pipeline to answer the warm-up orders.
-        #[arg(long, default_value_t = 60)]
-        warmup_seconds: u64,
-        /// Seconds to wait, after the last order was written, for the count to reach it.
-        #[arg(long, default_value_t = 300)]
-        settle_seconds: u64,
+        #[command(flatten)]
+        pacing: bench::Pacing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -236,42 +222,21 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Command::Feed {
             orders,
-            in_flight,
             price,
-            warmup_seconds,
-            settle_seconds,
+            pacing,
             json,
         }) => {
-            let kafka = KafkaSettings::from_env()?;
-            let report = bench::feed(
-                &kafka,
-                orders,
-                price,
-                in_flight,
-                Duration::from_secs(warmup_seconds),
-                Duration::from_secs(settle_seconds),
-            )
-            .await?;
+            let report = bench::feed(&KafkaSettings::from_env()?, orders, price, pacing).await?;
             finish(report.summary(), json.as_ref(), &report, report.complete)
         }
         Some(Command::EmailStage {
             emails,
             warmup,
-            in_flight,
-            warmup_seconds,
-            settle_seconds,
+            pacing,
             json,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let report = bench::email_stage(
-                &kafka,
-                emails,
-                warmup,
-                in_flight,
-                Duration::from_secs(warmup_seconds),
-                Duration::from_secs(settle_seconds),
-            )
-            .await?;
+            let report = bench::email_stage(&kafka, emails, warmup, pacing).await?;
             finish(report.summary(), json.as_ref(), &report, report.complete)
         }
         Some(Command::Topics { names }) => {

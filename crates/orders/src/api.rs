@@ -56,10 +56,10 @@ impl ErrorBody {
     }
 }
 
-/// What `/healthz` and `/readyz` answer.
+/// What `/readyz` answers.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Probe {
-    /// `ok` (`/healthz`), `ready` or `not ready` (`/readyz`).
+    /// `ready` or `not ready`.
     pub status: &'static str,
     /// Why the service is not ready; only on `503`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,7 +161,13 @@ impl IntoResponse for ApiError {
         description = "Places furniture orders. An order is answered `200` only after the \
             message broker acknowledged it on the `order_details` topic."
     ),
-    paths(post_order, healthz, readyz, common::ops::metrics, openapi_json)
+    paths(
+        post_order,
+        common::ops::healthz,
+        readyz,
+        common::ops::metrics,
+        openapi_json
+    )
 )]
 pub struct ApiDoc;
 
@@ -170,7 +176,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/order", post(post_order))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(common::ops::healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(common::ops::metrics))
         .route("/openapi.json", get(openapi_json))
@@ -353,24 +359,11 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     }
 }
 
-/// Liveness: the process serves.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Probe)))]
-async fn healthz() -> Json<Probe> {
-    Json(Probe {
-        status: "ok",
-        error: None,
-    })
-}
-
-/// Readiness: the message broker answers.
-#[utoipa::path(
-    get,
-    path = "/readyz",
-    responses(
-        (status = 200, description = "Ready to take orders.", body = Probe),
-        (status = 503, description = "The broker does not answer: orders would get `503`.", body = Probe),
-    )
-)]
+/// Readiness: the orders accepted before are read, and the message broker answers.
+#[utoipa::path(get, path = "/readyz", responses(
+    (status = 200, description = "Ready to take orders.", body = Probe),
+    (status = 503, description = "The orders accepted before are still being read, or the broker does not answer: orders would get `503`.", body = Probe),
+))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let error = if !state.accepted.caught_up() {
         Some("the orders accepted before are still being read from order_details")
