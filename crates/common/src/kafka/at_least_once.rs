@@ -16,9 +16,10 @@
 //! [`Store`] (which keeps them after the topic's retention deleted their records), and skips
 //! inputs whose key is already there (or is being handled right now). It reads on every
 //! [`AtLeastOnceConfig::handled_read_interval`] while it writes, so that the copy's
-//! checkpoints move past its own records and a restart need not read them again. A restart or rebalance
-//! thus repeats nothing in the normal case; only a crash inside the narrow window between a
-//! side effect and the acknowledgement of its record does, for the inputs in hand then.
+//! checkpoints move past its own records and a restart need not read them again. A restart
+//! or rebalance thus repeats nothing in the normal case; only a crash inside the narrow
+//! window between a side effect and the acknowledgement of its record does, for the inputs
+//! in hand then.
 
 use std::collections::HashSet;
 use std::future::Future;
