@@ -251,7 +251,7 @@ pub async fn run_at_least_once<H: Handler>(
                     warn!(service = config.service, cause = %err, "offsets not committed");
                 }
             }
-            _ = read_tick.tick(), if !stopping && handled.as_ref().is_some_and(HandledKeys::wrote_since_read) => {
+            _ = read_tick.tick(), if !stopping && handled.as_ref().is_some_and(|keys| keys.wrote_since_read) => {
                 if let Some(keys) = handled.take() {
                     handled = Some(keys.read_on().await?);
                 }
@@ -497,8 +497,9 @@ struct HandledKeys {
     service: &'static str,
     topic: String,
     store: Store,
-    /// Keys this instance handled since the last read.
-    unread: u64,
+    /// Whether this instance handled inputs since the last read, whose records a read would
+    /// move the checkpoints past.
+    wrote_since_read: bool,
 }
 
 impl HandledKeys {
@@ -512,7 +513,7 @@ impl HandledKeys {
             service: config.service,
             store: Store::new(settings, topic.clone(), &owner),
             topic,
-            unread: 0,
+            wrote_since_read: false,
         }
     }
 
@@ -535,13 +536,7 @@ impl HandledKeys {
 
     fn insert(&mut self, key: String) {
         self.store.remember(0, key);
-        self.unread += 1;
-    }
-
-    /// Whether this instance handled inputs since the last read, whose records a read would
-    /// move the checkpoints past.
-    fn wrote_since_read(&self) -> bool {
-        self.unread > 0
+        self.wrote_since_read = true;
     }
 
     /// Reads on from the checkpoints to the end, once: the checkpoints move past this
@@ -550,7 +545,7 @@ impl HandledKeys {
     async fn read_on(mut self) -> anyhow::Result<Self> {
         tokio::task::spawn_blocking(move || {
             match self.store.read_on_all() {
-                Ok(()) => self.unread = 0,
+                Ok(()) => self.wrote_since_read = false,
                 Err(err) => warn!(
                     service = self.service,
                     topic = %self.topic,
@@ -571,7 +566,7 @@ impl HandledKeys {
         tokio::task::spawn_blocking(move || {
             let what = format!("reading the handled keys of {}", self.topic);
             retry_until_ok(&what, &stop, || self.store.restore_all())?;
-            self.unread = 0;
+            self.wrote_since_read = false;
             Some(self)
         })
         .await
