@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark of issue 5: flatpack against the seed and against the broker's and Mailpit's
-# own limits, on one local broker in one run. See --help and BENCHMARKS.md.
+# The benchmark: flatpack against the seed and against the broker's and the SMTP servers' own
+# limits, on one local broker in one run. See --help and BENCHMARKS.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,6 +63,10 @@ indexes every e-mail on the same two cores, gives the e-mail steps a second line
                       lines)
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
+Every throughput step (1 to 4, but for the fixed-rate ones) is sized by a quick probe so that
+its steady window, from 10 % to 90 % of what it does, lasts --steady-seconds, and reports its
+rate over that window (loadgen --steady-seconds). The fixed-rate steps post --rate-orders.
+
 Every step records the CPU time of each process (the broker, the SMTP servers, the seed's
 and flatpack's services) while it ran; the report prints it as % of one core and as CPU µs
 per order (e-mail, message), and the flatpack/seed CPU-per-order ratios of the orders API
@@ -74,13 +78,17 @@ FLATPACK_TOPIC_PREFIX of its own; the seed uses its fixed, unprefixed topic name
 flatpack step uses, on this run's fresh broker.
 
 Options:
-  --orders N             Orders per step (default 20000)
+  --steady-seconds S     Seconds of steady window each throughput step is sized for
+                         (default 30)
+  --orders N             A fixed size for every throughput step instead, no probe
   --quick                A small dry run: 500 orders and 200 e-mails unless given, short waits
-  --emails N             E-mails for the smtp and e-mail stage steps (default: orders / 4)
+  --emails N             With --orders: e-mails for the smtp and e-mail stage steps (default:
+                         orders / 4)
   --concurrency C        HTTP connections of the load generator (default 32)
   --smtp-concurrency C   SMTP senders for the smtp step (default 32, as EMAIL_CONCURRENCY)
   --rate R               Orders per second of the fixed-rate step (default 1000)
-  --rate-orders N        Orders of the fixed-rate step (default: --orders)
+  --rate-orders N        Orders of the fixed-rate steps (default: 40 s of --rate; --orders
+                         with --quick)
   --telemetry-rounds N   Off/on pairs of the telemetry step (default 3)
   --memory-orders N      Orders of the flatpack-memory step (default 1000000; --orders with
                          --quick)
@@ -102,7 +110,7 @@ Mailpit through their scripts, and a Python venv (seed-venv/) with bench/seed/re
 TXT
 }
 
-orders="" quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
+orders="" steady=30 quick=0 emails="" concurrency=32 smtp_concurrency=32 rate=1000 rate_orders=""
 telemetry_rounds=3 memory_orders=""
 gunicorn_workers=$(($(nproc) * 2 + 1)) out="" build=1 settle=""
 all_steps="raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline flatpack-email flatpack-max flatpack-rate flatpack-scale flatpack-memory telemetry"
@@ -111,6 +119,7 @@ need() { [[ $# -ge 2 && -n "$2" ]] || { echo "bench.sh: $1 needs a value" >&2; e
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --orders) need "$@"; orders=$2; shift 2 ;;
+    --steady-seconds) need "$@"; steady=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --emails) need "$@"; emails=$2; shift 2 ;;
     --concurrency) need "$@"; concurrency=$2; shift 2 ;;
@@ -130,19 +139,22 @@ while [[ $# -gt 0 ]]; do
 done
 warmup=120
 if ((quick)); then
-  orders=${orders:-500} emails=${emails:-200} settle=${settle:-60}
+  orders=${orders:-500} emails=${emails:-200} settle=${settle:-60} rate_orders=${rate_orders:-$orders}
 fi
+# A throughput step runs --orders when given, else as many as its probe says.
+sizing=(--steady-seconds "$steady")
+[[ -z $orders ]] || sizing=()
 settle=${settle:-300}
 orders=${orders:-20000}
 emails=${emails:-$((orders / 4))}
-rate_orders=${rate_orders:-$orders}
+rate_orders=${rate_orders:-$((rate * 40))}
 ((quick)) && memory_orders=${memory_orders:-$orders}
 memory_orders=${memory_orders:-1000000}
 for step in $steps; do
   [[ " $all_steps " == *" $step "* ]] || { echo "bench.sh: unknown step '$step' (see --help)" >&2; exit 2; }
 done
 wants() { [[ " $steps " == *" $1 "* ]]; } # <step>: whether this run includes it
-for n in orders emails concurrency smtp_concurrency rate_orders gunicorn_workers settle telemetry_rounds; do
+for n in orders steady emails concurrency smtp_concurrency rate_orders gunicorn_workers settle telemetry_rounds; do
   [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --${n//_/-} must be a positive integer" >&2; exit 2; }
 done
 
@@ -334,12 +346,12 @@ export RUST_LOG=${RUST_LOG:-info} LOG_FORMAT=text
 # --- 1. raw broker -------------------------------------------------------------------------
 if wants raw-broker; then
   cpu_begin
-  FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders"
+  FLATPACK_TOPIC_PREFIX="bench.raw." loadgen raw-broker produce --messages "$orders" "${sizing[@]}"
   cpu_end raw-broker
 fi
 if wants eos-copy; then
   cpu_begin
-  FLATPACK_TOPIC_PREFIX="bench.eos-copy." loadgen eos-copy eos-copy --messages "$orders"
+  FLATPACK_TOPIC_PREFIX="bench.eos-copy." loadgen eos-copy eos-copy --messages "$orders" "${sizing[@]}"
   cpu_end eos-copy
 fi
 
@@ -349,7 +361,8 @@ if wants smtp; then
     port=$sink_port
     [[ $server == smtp-sink ]] || port=$mailpit_port
     cpu_begin
-    SMTP_PORT=$port loadgen "$server" smtp --emails "$emails" --concurrency "$smtp_concurrency"
+    SMTP_PORT=$port loadgen "$server" smtp --emails "$emails" --concurrency "$smtp_concurrency" \
+      "${sizing[@]}"
     cpu_end "$server"
   done
 fi
@@ -369,7 +382,7 @@ seed_ingest() { # <variant> <cmd...>
   svc_pid=([seed-orders]=$pid)
   cpu_begin
   loadgen "seed-ingest-$variant" --url "http://127.0.0.1:$seed_port" --orders "$orders" \
-    --concurrency "$concurrency" --no-follow
+    --concurrency "$concurrency" --no-follow "${sizing[@]}"
   cpu_end "seed-ingest-$variant"
   svc_pid=()
   record_service "seed-ingest-$variant" seed-orders "$ready" "$pid"
@@ -395,7 +408,7 @@ if wants seed-pipeline; then
   seed_an=$started_pid
   svc_pid=([seed-transactions]=$seed_tx [seed-analytics]=$seed_an)
   cpu_begin
-  FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" \
+  FLATPACK_TOPIC_PREFIX="" loadgen seed-pipeline feed --orders "$orders" "${sizing[@]}" \
     --warmup-seconds "$warmup" --settle-seconds "$settle"
   cpu_end seed-pipeline
   svc_pid=()
@@ -450,7 +463,7 @@ if wants flatpack-ingest; then
   start_flatpack ingest orders
   cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.ingest." loadgen flatpack-ingest --url "http://$orders_addr" \
-    --orders "$orders" --concurrency "$concurrency" --no-follow
+    --orders "$orders" --concurrency "$concurrency" --no-follow "${sizing[@]}"
   cpu_end flatpack-ingest
   stop_flatpack flatpack-ingest
 fi
@@ -459,7 +472,7 @@ if wants flatpack-pipeline; then
   start_flatpack pipeline "${all[@]}"
   cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.pipeline." loadgen flatpack-pipeline feed --orders "$orders" \
-    --warmup-seconds "$warmup" --settle-seconds "$settle"
+    "${sizing[@]}" --warmup-seconds "$warmup" --settle-seconds "$settle"
   cpu_end flatpack-pipeline
   stop_flatpack flatpack-pipeline
 fi
@@ -474,7 +487,7 @@ flatpack_email() { # <step>
   start_flatpack "$1" email
   cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.$1." loadgen "$1" email-stage --emails "$emails" \
-    --settle-seconds "$settle"
+    "${sizing[@]}" --settle-seconds "$settle"
   cpu_end "$1"
   stop_flatpack "$1"
 }
@@ -486,7 +499,7 @@ if wants flatpack-max; then
   start_flatpack max "${all[@]}"
   cpu_begin
   FLATPACK_TOPIC_PREFIX="bench.max." loadgen flatpack-max --url "http://$orders_addr" \
-    --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle"
+    --orders "$orders" --concurrency "$concurrency" --settle-seconds "$settle" "${sizing[@]}"
   cpu_end flatpack-max
   stop_flatpack flatpack-max
 fi
@@ -614,7 +627,10 @@ jq -s '.' "$work/cpu.jsonl" >"$out/cpu.json"
 jq -n --arg dir "$out" --arg when "$stamp" --arg host "$(uname -srm)" \
   --argjson cores "$(nproc)" --argjson orders "$orders" --argjson rate "$rate" \
   --argjson quick "$quick" --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+  --argjson steady "$([[ ${#sizing[@]} -gt 0 ]] && echo "$steady" || echo null)" \
+  --arg commit "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   '{dir: $dir, when: $when, host: $host, cores: $cores, orders: $orders, rate: $rate,
+    steady_seconds: $steady, rate_orders: '"$rate_orders"', commit: $commit,
     quick: ($quick == 1), load_average_at_end: $load}' >"$out/machine.json"
 python3 "$root/bench/report.py" "$out"
 fp_log "results in $out"

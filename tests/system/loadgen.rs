@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use common::Topic;
 use loadgen::bench::Pacing;
+use loadgen::steady::{self, Measurement, Sizing};
 use loadgen::{Config, Downstream};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -214,4 +215,43 @@ async fn eos_copy_copies_every_record_once_in_transactions_of_at_most_max_batch(
     let keys: std::collections::HashSet<_> = records.iter().map(|r| r.key.clone()).collect();
     assert_eq!((records.len(), keys.len()), (1_201, 1_201));
     env.cleanup().await;
+}
+
+/// With `--steady-seconds`, a measurement is sized by a probe and reports its rate over the
+/// middle 80 % of what it did: the benchmark's steady window, against a real broker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steady_run_is_sized_by_its_probe_and_reports_the_rate_over_its_middle() {
+    let env = test_env!();
+    let sizing = Sizing {
+        steady_seconds: Some(2),
+    };
+    let price = "19.99".parse().unwrap();
+    let sized = steady::sized(sizing, 1, |messages| {
+        loadgen::bench::produce(&env.kafka, messages, 10_000, price)
+    })
+    .await
+    .unwrap();
+    let (report, probe) = (&sized.report, sized.probe.as_ref().unwrap());
+    assert_eq!(report.failed, 0, "{}", report.summary());
+    // The probe ran 1,000 messages, then four times more each time until one lasted 2 s.
+    assert!(
+        [1_000, 5_000, 21_000, 85_000, 341_000, 1_365_000].contains(&probe.items),
+        "{probe:?}"
+    );
+    // Two steady seconds at the probe's rate, and the 20 % around them, in thousands.
+    let expected = (probe.per_second * 2.0 / 0.8 / 1000.0).ceil() as u64 * 1000;
+    assert_eq!((probe.sized, report.messages), (expected, expected));
+    let steady = report.steady.as_ref().expect("a steady window");
+    let share = steady.items as f64 / report.messages as f64;
+    assert!(
+        (0.7..=0.9).contains(&share),
+        "{steady:?} of {}",
+        report.messages
+    );
+    assert!(steady.to_seconds > steady.from_seconds, "{steady:?}");
+    assert!(
+        steady.to_seconds <= report.seconds + 0.1,
+        "{steady:?} in {} s",
+        report.seconds
+    );
 }

@@ -12,7 +12,7 @@
 //!   `auto.create.topics.enable=false`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -30,6 +30,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::Latency;
+use crate::steady::{self, Measurement, Steady};
 
 /// How long one write may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,49 +46,54 @@ pub fn order_record(id: &str, n: u64, price: Decimal) -> anyhow::Result<Vec<u8>>
 }
 
 /// Writes `count` orders `<run_id>-<first>..` to `topic` with at most `in_flight`
-/// unacknowledged; returns the failures.
+/// unacknowledged, each made as it is sent; counts the acknowledged ones in `acked` and
+/// returns the failures.
 async fn write_orders(
     producer: &FutureProducer<kafka::FlatpackContext>,
     topic: &str,
-    run_id: &str,
-    first: u64,
-    count: u64,
+    (run_id, first, count): (&str, u64, u64),
     price: Decimal,
     in_flight: usize,
-) -> anyhow::Result<u64> {
-    let records = (first..first + count)
-        .map(|n| {
-            let id = format!("{run_id}-{n}");
-            order_record(&id, n, price).map(|payload| (id, payload))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    write_records(producer, topic, records, in_flight).await
+    acked: &AtomicU64,
+) -> u64 {
+    let records = (first..first + count).map(|n| {
+        let id = format!("{run_id}-{n}");
+        order_record(&id, n, price).map(|payload| (id, payload))
+    });
+    write_records(producer, topic, records, in_flight, acked).await
 }
 
 /// Writes `(key, payload)` records to `topic` with at most `in_flight` unacknowledged;
-/// returns the failures.
+/// counts the acknowledged ones in `acked` and returns the failures (a record that could
+/// not be made is one).
 async fn write_records(
     producer: &FutureProducer<kafka::FlatpackContext>,
     topic: &str,
-    records: Vec<(String, Vec<u8>)>,
+    records: impl IntoIterator<Item = anyhow::Result<(String, Vec<u8>)>>,
     in_flight: usize,
-) -> anyhow::Result<u64> {
+    acked: &AtomicU64,
+) -> u64 {
     let failed = AtomicU64::new(0);
     let failed_ref = &failed;
     futures::stream::iter(records)
-        .for_each_concurrent(in_flight.max(1), |(id, payload)| async move {
-            let record = FutureRecord::to(topic).key(&id).payload(&payload);
-            let sent = producer
-                .send(record, Timeout::After(DELIVERY_TIMEOUT))
-                .await
-                .map_err(|(err, _)| err)
-                .and_then(kafka::acknowledged);
-            if sent.is_err() {
-                failed_ref.fetch_add(1, Ordering::Relaxed);
-            }
+        .for_each_concurrent(in_flight.max(1), |record| async move {
+            let acknowledged = match &record {
+                Ok((id, payload)) => producer
+                    .send(
+                        FutureRecord::to(topic).key(id).payload(payload),
+                        Timeout::After(DELIVERY_TIMEOUT),
+                    )
+                    .await
+                    .map_err(|(err, _)| err)
+                    .and_then(kafka::acknowledged)
+                    .is_ok(),
+                Err(_) => false,
+            };
+            let counter = if acknowledged { acked } else { failed_ref };
+            counter.fetch_add(1, Ordering::Relaxed);
         })
         .await;
-    Ok(failed.into_inner())
+    failed.into_inner()
 }
 
 /// The raw produce measurement.
@@ -103,17 +109,24 @@ pub struct ProduceReport {
     /// Acknowledged messages per second.
     pub messages_per_second: f64,
     pub megabytes_per_second: f64,
+    /// Acknowledged messages per second in the middle of the run.
+    pub steady: Option<Steady>,
 }
 
-impl ProduceReport {
-    pub fn summary(&self) -> String {
+impl Measurement for ProduceReport {
+    fn per_second(&self) -> f64 {
+        self.messages_per_second
+    }
+
+    fn summary(&self) -> String {
         format!(
-            "produce: {} messages of {} bytes to {} in {:.2} s: {:.0} msg/s, {:.2} MB/s, {} failed\n",
+            "produce: {} messages of {} bytes to {} in {:.2} s: {:.0} msg/s ({}), {:.2} MB/s, {} failed\n",
             self.messages,
             self.message_bytes,
             self.topic,
             self.seconds,
             self.messages_per_second,
+            steady::describe(self.steady.as_ref()),
             self.megabytes_per_second,
             self.failed
         )
@@ -135,19 +148,25 @@ pub async fn produce(
     let run_id = format!("raw-{:08x}", rand::random::<u32>());
     let message_bytes = order_record(&format!("{run_id}-1"), 1, price)?.len();
     // Warm-up before the clock starts: metadata, connections and the idempotent producer id.
-    let failed = write_orders(
-        &producer,
-        &topic,
-        &format!("{run_id}-warmup"),
-        1,
-        1,
-        price,
-        1,
-    )
-    .await?;
+    let warmup = format!("{run_id}-warmup");
+    let acked = AtomicU64::new(0);
+    let failed = write_orders(&producer, &topic, (&warmup, 1, 1), price, 1, &acked).await;
     anyhow::ensure!(failed == 0, "writing a warm-up message to {topic}");
+    let acked = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let failed = write_orders(&producer, &topic, &run_id, 1, messages, price, in_flight).await?;
+    let counted = acked.clone();
+    let (failed, timeline) = steady::sampled(
+        move || counted.load(Ordering::Relaxed),
+        write_orders(
+            &producer,
+            &topic,
+            (&run_id, 1, messages),
+            price,
+            in_flight,
+            &acked,
+        ),
+    )
+    .await;
     let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
     let acked = messages - failed;
     Ok(ProduceReport {
@@ -159,6 +178,7 @@ pub async fn produce(
         seconds,
         messages_per_second: acked as f64 / seconds,
         megabytes_per_second: (acked as f64 * message_bytes as f64) / seconds / 1e6,
+        steady: timeline.steady(),
     })
 }
 
@@ -177,18 +197,25 @@ pub struct SmtpReport {
     pub emails_per_second: f64,
     /// One e-mail, from the first SMTP command to the server's acceptance.
     pub latency: Latency,
+    /// Accepted e-mails per second in the middle of the run.
+    pub steady: Option<Steady>,
 }
 
-impl SmtpReport {
-    pub fn summary(&self) -> String {
+impl Measurement for SmtpReport {
+    fn per_second(&self) -> f64 {
+        self.emails_per_second
+    }
+
+    fn summary(&self) -> String {
         format!(
-            "smtp: {} of {} e-mails accepted by {} in {:.2} s with {} connections: {:.0} e-mails/s (p99 {:.2} ms)\n",
+            "smtp: {} of {} e-mails accepted by {} in {:.2} s with {} connections: {:.0} e-mails/s ({}, p99 {:.2} ms)\n",
             self.sent,
             self.emails,
             self.smtp,
             self.seconds,
             self.concurrency,
             self.emails_per_second,
+            steady::describe(self.steady.as_ref()),
             self.latency.p99_ms
         )
     }
@@ -214,7 +241,7 @@ pub async fn smtp(
 ) -> anyhow::Result<SmtpReport> {
     let run_id = format!("smtp-{:08x}", rand::random::<u32>());
     let next = AtomicU64::new(1);
-    let sent = AtomicU64::new(0);
+    let sent = Arc::new(AtomicU64::new(0));
     let histogram = Mutex::new(Histogram::<u64>::new(3)?);
     // Warm-up: one connection per sender before the clock starts.
     let mut senders = Vec::with_capacity(concurrency.max(1));
@@ -224,7 +251,8 @@ pub async fn smtp(
         senders.push(sender);
     }
     let started = Instant::now();
-    let (next, sent, histogram) = (&next, &sent, &histogram);
+    let counted = sent.clone();
+    let (next, sent, histogram) = (&next, &*sent, &histogram);
     let workers = senders.into_iter().map(|sender| {
         let run_id = run_id.clone();
         async move {
@@ -254,7 +282,12 @@ pub async fn smtp(
             }
         }
     });
-    for result in futures::future::join_all(workers).await {
+    let (results, timeline) = steady::sampled(
+        move || counted.load(Ordering::Relaxed),
+        futures::future::join_all(workers),
+    )
+    .await;
+    for result in results {
         result?;
     }
     let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
@@ -269,6 +302,7 @@ pub async fn smtp(
         seconds,
         emails_per_second: sent as f64 / seconds,
         latency: Latency::of(&histogram),
+        steady: timeline.steady(),
     })
 }
 
@@ -317,18 +351,25 @@ pub struct FeedReport {
     pub orders_per_second: f64,
     /// Every order was counted exactly once (the totals grew by exactly `orders`).
     pub complete: bool,
+    /// Orders counted per second in the middle of the run.
+    pub steady: Option<Steady>,
 }
 
-impl FeedReport {
-    pub fn summary(&self) -> String {
+impl Measurement for FeedReport {
+    fn per_second(&self) -> f64 {
+        self.orders_per_second
+    }
+
+    fn summary(&self) -> String {
         format!(
-            "feed: {} orders to {} written in {:.2} s, counted on {} after {:.2} s: {:.0} orders/s; count {} → {} ({})\n",
+            "feed: {} orders to {} written in {:.2} s, counted on {} after {:.2} s: {:.0} orders/s ({}); count {} → {} ({})\n",
             self.orders,
             self.order_details,
             self.write_seconds,
             self.analytics_result,
             self.seconds,
             self.orders_per_second,
+            steady::describe(self.steady.as_ref()),
             self.count_before,
             self.count_after,
             if self.complete { "exact" } else { "INCOMPLETE" }
@@ -377,12 +418,18 @@ pub async fn feed(
     let order_details = topics.name(Topic::OrderDetails);
     let analytics_result = topics.name(Topic::AnalyticsResult);
     let consumer = crate::follow::consumer_at_end(kafka_settings, &analytics_result)?;
-    let watcher = Follower::start(consumer, &analytics_result, |message, count: &mut Count| {
-        count.observe(message)
+    let latest = Arc::new(AtomicU64::new(0));
+    let watcher = Follower::start(consumer, &analytics_result, {
+        let latest = latest.clone();
+        move |message, count: &mut Count| {
+            count.observe(message);
+            latest.store(count.value.unwrap_or(0), Ordering::Relaxed);
+        }
     });
     let current = || watcher.with(|count| (count.value, count.changed));
     let producer = kafka::producer(kafka_settings, "loadgen-feed", DELIVERY_TIMEOUT)?;
     let run_id = format!("feed-{:08x}", rand::random::<u32>());
+    let warmup_id = format!("{run_id}-warmup");
 
     let result = async {
         // Warm up until the pipeline answers.
@@ -395,16 +442,16 @@ pub async fn feed(
                 pacing.warmup()
             );
             warmup_orders += 1;
+            let warmup = (warmup_id.as_str(), warmup_orders, 1);
             let failed = write_orders(
                 &producer,
                 &order_details,
-                &format!("{run_id}-warmup"),
-                warmup_orders,
-                1,
+                warmup,
                 price,
                 1,
+                &AtomicU64::new(0),
             )
-            .await?;
+            .await;
             anyhow::ensure!(failed == 0, "writing a warm-up order to {order_details}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -420,28 +467,34 @@ pub async fn feed(
         let target = count_before + orders;
 
         let started = Instant::now();
-        let failed = write_orders(
-            &producer,
-            &order_details,
-            &run_id,
-            1,
-            orders,
-            price,
-            pacing.in_flight,
-        )
-        .await?;
-        let write_seconds = started.elapsed().as_secs_f64();
-        let deadline = Instant::now() + pacing.settle();
-        let reached = loop {
-            let (value, changed) = current();
-            if value.is_some_and(|v| v >= target) {
-                break changed;
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let counted = move || latest.load(Ordering::Relaxed).saturating_sub(count_before);
+        let ((failed, write_seconds, reached), timeline) = steady::sampled(counted, async {
+            let written = (run_id.as_str(), 1, orders);
+            let acked = AtomicU64::new(0);
+            let failed = write_orders(
+                &producer,
+                &order_details,
+                written,
+                price,
+                pacing.in_flight,
+                &acked,
+            )
+            .await;
+            let write_seconds = started.elapsed().as_secs_f64();
+            let deadline = Instant::now() + pacing.settle();
+            let reached = loop {
+                let (value, changed) = current();
+                if value.is_some_and(|v| v >= target) {
+                    break changed;
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            (failed, write_seconds, reached)
+        })
+        .await;
         // A little longer, so that a count beyond the target (duplicates) is seen too.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let count_after = current().0.unwrap_or(0);
@@ -466,6 +519,7 @@ pub async fn feed(
                 0.0
             },
             complete,
+            steady: timeline.steady(),
         })
     }
     .await;
@@ -492,18 +546,25 @@ pub struct EmailStageReport {
     pub emails_per_second: f64,
     /// Every decision got its `order_email_sent` record.
     pub complete: bool,
+    /// E-mails per second in the middle of the run.
+    pub steady: Option<Steady>,
 }
 
-impl EmailStageReport {
-    pub fn summary(&self) -> String {
+impl Measurement for EmailStageReport {
+    fn per_second(&self) -> f64 {
+        self.emails_per_second
+    }
+
+    fn summary(&self) -> String {
         format!(
-            "email stage: {} decisions to {} written in {:.2} s, all on {} after {:.2} s: {:.0} e-mails/s; {} of {} seen ({})\n",
+            "email stage: {} decisions to {} written in {:.2} s, all on {} after {:.2} s: {:.0} e-mails/s ({}); {} of {} seen ({})\n",
             self.emails,
             self.order_confirmed,
             self.write_seconds,
             self.order_email_sent,
             self.seconds,
             self.emails_per_second,
+            steady::describe(self.steady.as_ref()),
             self.seen,
             self.emails,
             if self.complete {
@@ -552,34 +613,36 @@ pub async fn email_stage(
     let consumer = crate::follow::consumer_at_end(kafka_settings, &order_email_sent)?;
     let run_id = format!("mail-{:08x}", rand::random::<u32>());
     let prefix = run_id.clone();
-    let watcher = Follower::start(
-        consumer,
-        &order_email_sent,
-        move |message, seen: &mut Seen| seen.observe(message, &prefix),
-    );
+    let emailed = Arc::new(AtomicU64::new(0));
+    let watcher = Follower::start(consumer, &order_email_sent, {
+        let emailed = emailed.clone();
+        move |message, seen: &mut Seen| {
+            seen.observe(message, &prefix);
+            emailed.store(seen.keys.len() as u64, Ordering::Relaxed);
+        }
+    });
     let count = || watcher.with(|seen| (seen.keys.len() as u64, seen.last));
     let producer = kafka::producer(kafka_settings, "loadgen-email-stage", DELIVERY_TIMEOUT)?;
     let price: Decimal = Decimal::from(349);
-    let decisions = |id: &str, first: u64, n: u64| {
-        (first..first + n)
-            .map(|i| {
-                let decision = decision(id, i, price)?;
-                Ok((
-                    decision.order.order_id.to_string(),
-                    serde_json::to_vec(&decision)?,
-                ))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()
+    let decisions = |id: String, first: u64, n: u64| {
+        (first..first + n).map(move |i| {
+            let decision = decision(&id, i, price)?;
+            Ok((
+                decision.order.order_id.to_string(),
+                serde_json::to_vec(&decision)?,
+            ))
+        })
     };
 
     let result = async {
         let failed = write_records(
             &producer,
             &order_confirmed,
-            decisions(&format!("{run_id}-warmup"), 1, warmup)?,
+            decisions(format!("{run_id}-warmup"), 1, warmup),
             pacing.in_flight,
+            &AtomicU64::new(0),
         )
-        .await?;
+        .await;
         anyhow::ensure!(
             failed == 0,
             "writing the warm-up decisions to {order_confirmed}"
@@ -594,15 +657,28 @@ pub async fn email_stage(
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
 
-        let measured = decisions(&run_id, 1, emails)?;
+        let measured = decisions(run_id.clone(), 1, emails);
         let target = warmup + emails;
         let started = Instant::now();
-        let failed = write_records(&producer, &order_confirmed, measured, pacing.in_flight).await?;
-        let write_seconds = started.elapsed().as_secs_f64();
-        let deadline = Instant::now() + pacing.settle();
-        while count().0 < target && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let measured_emailed = move || emailed.load(Ordering::Relaxed).saturating_sub(warmup);
+        let ((failed, write_seconds), timeline) = steady::sampled(measured_emailed, async {
+            let acked = AtomicU64::new(0);
+            let failed = write_records(
+                &producer,
+                &order_confirmed,
+                measured,
+                pacing.in_flight,
+                &acked,
+            )
+            .await;
+            let write_seconds = started.elapsed().as_secs_f64();
+            let deadline = Instant::now() + pacing.settle();
+            while count().0 < target && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (failed, write_seconds)
+        })
+        .await;
         let (total, last) = count();
         let complete = failed == 0 && total == target;
         let seconds = last
@@ -627,6 +703,7 @@ pub async fn email_stage(
                 0.0
             },
             complete,
+            steady: timeline.steady(),
         })
     }
     .await;

@@ -6,6 +6,8 @@
 //! analytics' own rates are read.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -17,6 +19,8 @@ use rdkafka::producer::{BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use serde::Serialize;
+
+use crate::steady::{self, Measurement, Steady};
 
 /// How long one transactional call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,12 +42,18 @@ pub struct CopyReport {
     pub messages_per_second: f64,
     /// Every record copied, none twice: the destination holds exactly `messages` records.
     pub complete: bool,
+    /// Records copied per second in the middle of the copy.
+    pub steady: Option<Steady>,
 }
 
-impl CopyReport {
-    pub fn summary(&self) -> String {
+impl Measurement for CopyReport {
+    fn per_second(&self) -> f64 {
+        self.messages_per_second
+    }
+
+    fn summary(&self) -> String {
         format!(
-            "eos-copy: {} of {} records from {} to {} in {} transactions of at most {} in {:.2} s: {:.0} msg/s ({})\n",
+            "eos-copy: {} of {} records from {} to {} in {} transactions of at most {} in {:.2} s: {:.0} msg/s ({}; {})\n",
             self.copied,
             self.messages,
             self.source,
@@ -52,14 +62,16 @@ impl CopyReport {
             self.max_batch,
             self.seconds,
             self.messages_per_second,
+            steady::describe(self.steady.as_ref()),
             if self.complete { "exact" } else { "INCOMPLETE" }
         )
     }
 }
 
-/// Writes `messages` orders to `<prefix>order_details` (as `loadgen produce` does), then
-/// copies every record of that topic to `<prefix>order_details.copy` exactly once,
-/// `max_batch` per transaction, and times the copy; gives up after `timeout`.
+/// Writes `messages` orders to `<prefix>copy-<run>.order_details` (as `loadgen produce`
+/// does), then copies every record of that topic to `<prefix>copy-<run>.order_details.copy`
+/// exactly once, `max_batch` per transaction, and times the copy; gives up after `timeout`.
+/// Every run has topics of its own, so it copies only what it wrote.
 pub async fn eos_copy(
     kafka_settings: &KafkaSettings,
     messages: u64,
@@ -67,6 +79,14 @@ pub async fn eos_copy(
     price: Decimal,
     timeout: Duration,
 ) -> anyhow::Result<CopyReport> {
+    let kafka_settings = &KafkaSettings {
+        topic_prefix: format!(
+            "{}copy-{:08x}.",
+            kafka_settings.topic_prefix,
+            rand::random::<u32>()
+        ),
+        ..kafka_settings.clone()
+    };
     let source = kafka_settings.topics().name(Topic::OrderDetails);
     let destination = format!("{source}.copy");
     kafka::ensure_plain_topics(kafka_settings, std::slice::from_ref(&destination)).await?;
@@ -80,12 +100,25 @@ pub async fn eos_copy(
     let messages = count(kafka_settings, &source)?;
     let settings = kafka_settings.clone();
     let (src, dst) = (source.clone(), destination.clone());
-    let (copied, transactions, seconds) = tokio::task::spawn_blocking(move || {
-        copy(&settings, &src, &dst, messages, max_batch.max(1), timeout)
-    })
-    .await
-    .context("the copy loop panicked")??;
-    let in_destination = count(kafka_settings, &destination)?;
+    let done = Arc::new(AtomicU64::new(0));
+    let counter = done.clone();
+    let (copied, timeline) = steady::sampled(
+        move || done.load(Ordering::Relaxed),
+        tokio::task::spawn_blocking(move || {
+            let batches = (max_batch.max(1), &*counter);
+            copy(&settings, (&src, &dst), messages, batches, timeout)
+        }),
+    )
+    .await;
+    let (copied, transactions, seconds) = copied.context("the copy loop panicked")??;
+    // The commit's markers reach the partitions just after it returns: until they do, a
+    // committed reader stops short of the last transaction.
+    let settle = Instant::now() + Duration::from_secs(10);
+    let mut in_destination = count(kafka_settings, &destination)?;
+    while in_destination < messages && Instant::now() < settle {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        in_destination = count(kafka_settings, &destination)?;
+    }
     Ok(CopyReport {
         source,
         destination,
@@ -96,17 +129,18 @@ pub async fn eos_copy(
         seconds,
         messages_per_second: copied as f64 / seconds.max(f64::EPSILON),
         complete: copied == messages && in_destination == messages,
+        steady: timeline.steady(),
     })
 }
 
-/// The loop: returns the records copied, the transactions committed and the seconds from
-/// the first record read to the last commit.
+/// The loop, `max_batch` records per transaction at most, counting the records committed in
+/// `done`: returns the records copied, the transactions committed and the seconds from the
+/// first record read to the last commit.
 fn copy(
     settings: &KafkaSettings,
-    source: &str,
-    destination: &str,
+    (source, destination): (&str, &str),
     messages: u64,
-    max_batch: usize,
+    (max_batch, done): (usize, &AtomicU64),
     timeout: Duration,
 ) -> anyhow::Result<(u64, u64, f64)> {
     // One name for this run's consumer group and transactional id.
@@ -164,6 +198,7 @@ fn copy(
         producer.send_offsets_to_transaction(&offsets, &group, TXN_TIMEOUT)?;
         exactly_once::commit(&producer).context("committing a copy transaction")?;
         copied += batch.len() as u64;
+        done.store(copied, Ordering::Relaxed);
         transactions += 1;
     }
     let seconds = started.map_or(0.0, |s| s.elapsed().as_secs_f64());

@@ -10,8 +10,10 @@
 pub mod bench;
 pub mod copy;
 mod follow;
+pub mod steady;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use serde::Serialize;
 use analytics::totals::Totals;
 
 use crate::follow::{Seen, follow};
+use crate::steady::{Measurement, Steady};
 
 /// A downstream topic the orders are followed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -128,6 +131,8 @@ pub struct Report {
     pub post_latency: Latency,
     pub stages: Vec<StageReport>,
     pub analytics: Option<AnalyticsCheck>,
+    /// Accepted orders per second in the middle of the posting.
+    pub steady: Option<Steady>,
 }
 
 impl Report {
@@ -140,12 +145,22 @@ impl Report {
                 .all(|s| s.lost.is_empty() && s.duplicated.is_empty())
             && self.analytics.as_ref().is_none_or(|a| a.exact)
     }
+}
 
-    /// A human-readable summary.
-    pub fn summary(&self) -> String {
+impl Measurement for Report {
+    fn per_second(&self) -> f64 {
+        self.throughput
+    }
+
+    fn summary(&self) -> String {
         let mut text = format!(
-            "run {}: {} posted, {} accepted in {:.2} s: {:.0} orders/s\n",
-            self.run_id, self.posted, self.accepted, self.post_seconds, self.throughput
+            "run {}: {} posted, {} accepted in {:.2} s: {:.0} orders/s ({})\n",
+            self.run_id,
+            self.posted,
+            self.accepted,
+            self.post_seconds,
+            self.throughput,
+            steady::describe(self.steady.as_ref())
         );
         let line = |name: &str, l: &Latency| {
             format!(
@@ -210,7 +225,14 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
         followers.push((*stage, follower));
     }
 
-    let posting = post(config).await?;
+    let answered = Arc::new(AtomicU64::new(0));
+    let counted = answered.clone();
+    let (posting, timeline) = steady::sampled(
+        move || counted.load(Ordering::Relaxed),
+        post(config, &answered),
+    )
+    .await;
+    let posting = posting?;
     let accepted: Vec<&String> = posting.sent.keys().collect();
 
     // Wait until every accepted order arrived everywhere, or the settle time is up.
@@ -263,6 +285,7 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
         post_latency: Latency::of(&posting.latency),
         stages,
         analytics,
+        steady: timeline.steady(),
     })
 }
 
@@ -275,7 +298,8 @@ struct Posting {
     elapsed: Duration,
 }
 
-async fn post(config: &Config) -> anyhow::Result<Posting> {
+/// Posts the orders; counts the accepted ones in `accepted` as they are answered.
+async fn post(config: &Config, accepted: &AtomicU64) -> anyhow::Result<Posting> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(config.concurrency)
         .timeout(Duration::from_secs(30))
@@ -325,6 +349,7 @@ async fn post(config: &Config) -> anyhow::Result<Posting> {
                         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
                         let _ = state.latency.record(micros.max(1));
                         state.sent.insert(id, sent);
+                        accepted.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(response) => {
                         *state

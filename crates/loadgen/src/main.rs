@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use common::{KafkaSettings, Settings};
+use loadgen::steady::{self, Measurement, Sizing};
 use loadgen::{Config, Downstream, bench, copy};
 use rust_decimal::Decimal;
 
@@ -42,6 +43,8 @@ enum Command {
         /// The price in every order (sets the message size with the rest of the order).
         #[arg(long, default_value = "19.99")]
         price: Decimal,
+        #[command(flatten)]
+        sizing: Sizing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -63,6 +66,8 @@ enum Command {
         /// Seconds the copy may take before it counts as failed.
         #[arg(long, default_value_t = 300)]
         timeout_seconds: u64,
+        #[command(flatten)]
+        sizing: Sizing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -79,6 +84,8 @@ enum Command {
         /// The price in every order.
         #[arg(long, default_value = "19.99")]
         price: Decimal,
+        #[command(flatten)]
+        sizing: Sizing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -95,6 +102,8 @@ enum Command {
         warmup: u64,
         #[command(flatten)]
         pacing: bench::Pacing,
+        #[command(flatten)]
+        sizing: Sizing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -111,6 +120,8 @@ enum Command {
         price: Decimal,
         #[command(flatten)]
         pacing: bench::Pacing,
+        #[command(flatten)]
+        sizing: Sizing,
         /// Where to write the JSON report (`-` for stdout).
         #[arg(long)]
         json: Option<PathBuf>,
@@ -151,6 +162,8 @@ struct Args {
     /// Seconds to wait after the last POST for the orders to arrive downstream.
     #[arg(long, default_value_t = 60)]
     settle_seconds: u64,
+    #[command(flatten)]
+    sizing: Sizing,
     /// Where to write the JSON report (`-` for stdout).
     #[arg(long)]
     json: Option<PathBuf>,
@@ -168,16 +181,16 @@ fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow:
     Ok(())
 }
 
-/// Prints a report's summary, writes its JSON, and exits 1 unless `ok`.
-fn finish(
-    summary: String,
+/// Prints a report's summary, writes its JSON (with the probe that sized it), and exits 1
+/// unless `ok` says the report is.
+fn finish<R: Measurement + serde::Serialize>(
+    sized: &steady::Sized<R>,
     path: Option<&PathBuf>,
-    report: &impl serde::Serialize,
-    ok: bool,
+    ok: impl FnOnce(&R) -> bool,
 ) -> anyhow::Result<()> {
-    eprint!("{summary}");
-    write_json(path, report)?;
-    if !ok {
+    eprint!("{}", sized.report.summary());
+    write_json(path, sized)?;
+    if !ok(&sized.report) {
         std::process::exit(1);
     }
     Ok(())
@@ -192,52 +205,73 @@ async fn main() -> anyhow::Result<()> {
             messages,
             in_flight,
             price,
+            sizing,
             json,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let report = bench::produce(&kafka, messages, in_flight, price).await?;
-            finish(report.summary(), json.as_ref(), &report, report.failed == 0)
+            let sized = steady::sized(sizing, messages, |messages| {
+                bench::produce(&kafka, messages, in_flight, price)
+            })
+            .await?;
+            finish(&sized, json.as_ref(), |r| r.failed == 0)
         }
         Some(Command::EosCopy {
             messages,
             max_batch,
             price,
             timeout_seconds,
+            sizing,
             json,
         }) => {
             let kafka = KafkaSettings::from_env()?;
             let timeout = Duration::from_secs(timeout_seconds);
-            let report = copy::eos_copy(&kafka, messages, max_batch, price, timeout).await?;
-            finish(report.summary(), json.as_ref(), &report, report.complete)
+            let sized = steady::sized(sizing, messages, |messages| {
+                copy::eos_copy(&kafka, messages, max_batch, price, timeout)
+            })
+            .await?;
+            finish(&sized, json.as_ref(), |r| r.complete)
         }
         Some(Command::Smtp {
             emails,
             concurrency,
             price,
+            sizing,
             json,
         }) => {
             let settings = email::EmailSettings::from_env()?;
-            let report = bench::smtp(&settings, emails, concurrency, price).await?;
-            finish(report.summary(), json.as_ref(), &report, report.failed == 0)
+            let sized = steady::sized(sizing, emails, |emails| {
+                bench::smtp(&settings, emails, concurrency, price)
+            })
+            .await?;
+            finish(&sized, json.as_ref(), |r| r.failed == 0)
         }
         Some(Command::Feed {
             orders,
             price,
             pacing,
+            sizing,
             json,
         }) => {
-            let report = bench::feed(&KafkaSettings::from_env()?, orders, price, pacing).await?;
-            finish(report.summary(), json.as_ref(), &report, report.complete)
+            let kafka = KafkaSettings::from_env()?;
+            let sized = steady::sized(sizing, orders, |orders| {
+                bench::feed(&kafka, orders, price, pacing)
+            })
+            .await?;
+            finish(&sized, json.as_ref(), |r| r.complete)
         }
         Some(Command::EmailStage {
             emails,
             warmup,
             pacing,
+            sizing,
             json,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let report = bench::email_stage(&kafka, emails, warmup, pacing).await?;
-            finish(report.summary(), json.as_ref(), &report, report.complete)
+            let sized = steady::sized(sizing, emails, |emails| {
+                bench::email_stage(&kafka, emails, warmup, pacing)
+            })
+            .await?;
+            finish(&sized, json.as_ref(), |r| r.complete)
         }
         Some(Command::Topics { names }) => {
             let kafka = KafkaSettings::from_env()?;
@@ -252,26 +286,31 @@ async fn post(args: Args) -> anyhow::Result<()> {
         args.rate.is_none_or(|r| r > 0.0 && r.is_finite()),
         "--rate must be a positive number"
     );
+    anyhow::ensure!(
+        args.rate.is_none() || args.sizing.steady_seconds.is_none(),
+        "--steady-seconds sizes a run as fast as it goes; at a --rate, --orders sets its length"
+    );
     let kafka = KafkaSettings::from_env()?;
-    let config = Config {
-        url: args.url,
-        orders: args.orders,
+    let config = |orders| Config {
+        url: args.url.clone(),
+        orders,
         rate: args.rate,
         concurrency: args.concurrency,
         price: args.price,
         follow: if args.no_follow {
             Vec::new()
         } else {
-            args.follow
+            args.follow.clone()
         },
         settle_timeout: Duration::from_secs(args.settle_seconds),
+        // Every run its own order ids: a probe's would be the measurement's again.
         run_id: format!("load-{:08x}", rand::random::<u32>()),
     };
-    let report = loadgen::run(&config, &kafka).await?;
-    finish(
-        report.summary(),
-        args.json.as_ref(),
-        &report,
-        report.is_clean(),
-    )
+    let sized = steady::sized(args.sizing, args.orders, |orders| {
+        let config = config(orders);
+        let kafka = &kafka;
+        async move { loadgen::run(&config, kafka).await }
+    })
+    .await?;
+    finish(&sized, args.json.as_ref(), loadgen::Report::is_clean)
 }
