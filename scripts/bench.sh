@@ -432,7 +432,9 @@ start_flatpack() { # <step> <service[@instance]...>
     [[ $name != *@* ]] || instance=${name#*@}
     ops=127.0.0.1:$(fp_free_ports 1)
     [[ $exe == orders || $exe == dashboard ]] || ops_addrs+=("$ops")
+    # Their stores on disk, as deployed (compose, run.sh), one directory per step.
     start "$step-$name" env FLATPACK_TOPIC_PREFIX="$prefix" \
+      FLATPACK_STORE_DIR="${FLATPACK_STORE_DIR:-$work/stores/$step}" \
       ORDERS_HTTP_ADDR="$orders_addr" DASHBOARD_HTTP_ADDR="$dashboard_addr" \
       TRANSACTIONS_OPS_ADDR="$ops" ANALYTICS_OPS_ADDR="$ops" EMAIL_OPS_ADDR="$ops" \
       TRANSACTIONS_INSTANCE_ID="${prefix}$instance" ORDERS_INSTANCE_ID="${prefix}$instance" "$bin/$exe"

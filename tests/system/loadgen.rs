@@ -238,8 +238,9 @@ async fn a_steady_run_is_sized_by_its_probe_and_reports_the_rate_over_its_middle
         [1_000, 5_000, 21_000, 85_000, 341_000, 1_365_000].contains(&probe.items),
         "{probe:?}"
     );
-    // Two steady seconds at the probe's rate, and the 20 % around them, in thousands.
-    let expected = (probe.per_second * 2.0 / 0.8 / 1000.0).ceil() as u64 * 1000;
+    // Two steady seconds at the probe's rate, the 20 % around them and a quarter more, in
+    // thousands.
+    let expected = (probe.per_second * 2.0 * 1.25 / 0.8 / 1000.0).ceil() as u64 * 1000;
     assert_eq!((probe.sized, report.messages), (expected, expected));
     let steady = report.steady.as_ref().expect("a steady window");
     let share = steady.items as f64 / report.messages as f64;
