@@ -8,6 +8,7 @@
 //! (a pipeline's rate from `order_details` to `analytics_result`) and `topics` (plain topics
 //! for the seed).
 
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,10 +45,7 @@ enum Command {
         #[arg(long, default_value = "19.99")]
         price: Decimal,
         #[command(flatten)]
-        sizing: Sizing,
-        /// Where to write the JSON report (`-` for stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
+        out: Output,
     },
     /// Writes orders to `order_details` (as `produce`), then copies them to another topic
     /// exactly once, committing the offsets read in each transaction, `--max-batch` per
@@ -67,10 +65,7 @@ enum Command {
         #[arg(long, default_value_t = 300)]
         timeout_seconds: u64,
         #[command(flatten)]
-        sizing: Sizing,
-        /// Where to write the JSON report (`-` for stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
+        out: Output,
     },
     /// Sends order confirmations with the email service's sender (settings from `SMTP_*`, as
     /// for the email service): the SMTP server's own acceptance rate.
@@ -85,10 +80,7 @@ enum Command {
         #[arg(long, default_value = "19.99")]
         price: Decimal,
         #[command(flatten)]
-        sizing: Sizing,
-        /// Where to write the JSON report (`-` for stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
+        out: Output,
     },
     /// Writes decided orders straight to `order_confirmed` and times until every one is on
     /// `order_email_sent`: the e-mail stage's rate. Exits 1 when one is missing.
@@ -103,10 +95,7 @@ enum Command {
         #[command(flatten)]
         pacing: bench::Pacing,
         #[command(flatten)]
-        sizing: Sizing,
-        /// Where to write the JSON report (`-` for stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
+        out: Output,
     },
     /// Writes orders straight to `order_details` and times until `analytics_result` counts
     /// them all: a pipeline's rate (flatpack's or the seed's). Exits 1 when the count is off.
@@ -121,10 +110,7 @@ enum Command {
         #[command(flatten)]
         pacing: bench::Pacing,
         #[command(flatten)]
-        sizing: Sizing,
-        /// Where to write the JSON report (`-` for stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
+        out: Output,
     },
     /// Creates plain topics (after `FLATPACK_TOPIC_PREFIX`, with `FLATPACK_TOPIC_PARTITIONS`
     /// and `FLATPACK_TOPIC_REPLICATION_FACTOR`); existing ones are left alone.
@@ -163,6 +149,13 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     settle_seconds: u64,
     #[command(flatten)]
+    out: Output,
+}
+
+/// How a measurement is sized and where its report goes.
+#[derive(Debug, clap::Args)]
+struct Output {
+    #[command(flatten)]
     sizing: Sizing,
     /// Where to write the JSON report (`-` for stdout).
     #[arg(long)]
@@ -181,15 +174,21 @@ fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow:
     Ok(())
 }
 
-/// Prints a report's summary, writes its JSON (with the probe that sized it), and exits 1
-/// unless `ok` says the report is.
-fn finish<R: Measurement + serde::Serialize>(
-    sized: &steady::Sized<R>,
-    path: Option<&PathBuf>,
+/// Runs a measurement of `items` (or as many as its probe says), prints its summary, writes
+/// its JSON (with the probe that sized it), and exits 1 unless `ok` says the report is.
+async fn measure<R, F>(
+    out: Output,
+    items: u64,
+    run: impl FnMut(u64) -> F,
     ok: impl FnOnce(&R) -> bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    R: Measurement + serde::Serialize,
+    F: Future<Output = anyhow::Result<R>>,
+{
+    let sized = steady::sized(out.sizing, items, run).await?;
     eprint!("{}", sized.report.summary());
-    write_json(path, sized)?;
+    write_json(out.json.as_ref(), &sized)?;
     if !ok(&sized.report) {
         std::process::exit(1);
     }
@@ -205,73 +204,55 @@ async fn main() -> anyhow::Result<()> {
             messages,
             in_flight,
             price,
-            sizing,
-            json,
+            out,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let sized = steady::sized(sizing, messages, |messages| {
-                bench::produce(&kafka, messages, in_flight, price)
-            })
-            .await?;
-            finish(&sized, json.as_ref(), |r| r.failed == 0)
+            let run = |n| bench::produce(&kafka, n, in_flight, price);
+            measure(out, messages, run, |r| r.failed == 0).await
         }
         Some(Command::EosCopy {
             messages,
             max_batch,
             price,
             timeout_seconds,
-            sizing,
-            json,
+            out,
         }) => {
-            let kafka = KafkaSettings::from_env()?;
-            let timeout = Duration::from_secs(timeout_seconds);
-            let sized = steady::sized(sizing, messages, |messages| {
-                copy::eos_copy(&kafka, messages, max_batch, price, timeout)
-            })
-            .await?;
-            finish(&sized, json.as_ref(), |r| r.complete)
+            let (kafka, timeout) = (
+                KafkaSettings::from_env()?,
+                Duration::from_secs(timeout_seconds),
+            );
+            let run = |n| copy::eos_copy(&kafka, n, max_batch, price, timeout);
+            measure(out, messages, run, |r| r.complete).await
         }
         Some(Command::Smtp {
             emails,
             concurrency,
             price,
-            sizing,
-            json,
+            out,
         }) => {
             let settings = email::EmailSettings::from_env()?;
-            let sized = steady::sized(sizing, emails, |emails| {
-                bench::smtp(&settings, emails, concurrency, price)
-            })
-            .await?;
-            finish(&sized, json.as_ref(), |r| r.failed == 0)
+            let run = |n| bench::smtp(&settings, n, concurrency, price);
+            measure(out, emails, run, |r| r.failed == 0).await
         }
         Some(Command::Feed {
             orders,
             price,
             pacing,
-            sizing,
-            json,
+            out,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let sized = steady::sized(sizing, orders, |orders| {
-                bench::feed(&kafka, orders, price, pacing)
-            })
-            .await?;
-            finish(&sized, json.as_ref(), |r| r.complete)
+            let run = |n| bench::feed(&kafka, n, price, pacing);
+            measure(out, orders, run, |r| r.complete).await
         }
         Some(Command::EmailStage {
             emails,
             warmup,
             pacing,
-            sizing,
-            json,
+            out,
         }) => {
             let kafka = KafkaSettings::from_env()?;
-            let sized = steady::sized(sizing, emails, |emails| {
-                bench::email_stage(&kafka, emails, warmup, pacing)
-            })
-            .await?;
-            finish(&sized, json.as_ref(), |r| r.complete)
+            let run = |n| bench::email_stage(&kafka, n, warmup, pacing);
+            measure(out, emails, run, |r| r.complete).await
         }
         Some(Command::Topics { names }) => {
             let kafka = KafkaSettings::from_env()?;
@@ -287,7 +268,7 @@ async fn post(args: Args) -> anyhow::Result<()> {
         "--rate must be a positive number"
     );
     anyhow::ensure!(
-        args.rate.is_none() || args.sizing.steady_seconds.is_none(),
+        args.rate.is_none() || args.out.sizing.steady_seconds.is_none(),
         "--steady-seconds sizes a run as fast as it goes; at a --rate, --orders sets its length"
     );
     let kafka = KafkaSettings::from_env()?;
@@ -306,11 +287,10 @@ async fn post(args: Args) -> anyhow::Result<()> {
         // Every run its own order ids: a probe's would be the measurement's again.
         run_id: format!("load-{:08x}", rand::random::<u32>()),
     };
-    let sized = steady::sized(args.sizing, args.orders, |orders| {
+    let run = |orders| {
         let config = config(orders);
         let kafka = &kafka;
         async move { loadgen::run(&config, kafka).await }
-    })
-    .await?;
-    finish(&sized, args.json.as_ref(), loadgen::Report::is_clean)
+    };
+    measure(args.out, args.orders, run, loadgen::Report::is_clean).await
 }
