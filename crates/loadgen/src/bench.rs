@@ -118,6 +118,10 @@ impl Measurement for ProduceReport {
         self.messages_per_second
     }
 
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
+    }
+
     fn summary(&self) -> String {
         format!(
             "produce: {} messages of {} bytes to {} in {:.2} s: {:.0} msg/s ({}), {:.2} MB/s, {} failed\n",
@@ -204,6 +208,10 @@ pub struct SmtpReport {
 impl Measurement for SmtpReport {
     fn per_second(&self) -> f64 {
         self.emails_per_second
+    }
+
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
     }
 
     fn summary(&self) -> String {
@@ -358,6 +366,10 @@ pub struct FeedReport {
 impl Measurement for FeedReport {
     fn per_second(&self) -> f64 {
         self.orders_per_second
+    }
+
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
     }
 
     fn summary(&self) -> String {
@@ -553,6 +565,10 @@ pub struct EmailStageReport {
 impl Measurement for EmailStageReport {
     fn per_second(&self) -> f64 {
         self.emails_per_second
+    }
+
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
     }
 
     fn summary(&self) -> String {

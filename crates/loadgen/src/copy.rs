@@ -51,6 +51,10 @@ impl Measurement for CopyReport {
         self.messages_per_second
     }
 
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
+    }
+
     fn summary(&self) -> String {
         format!(
             "eos-copy: {} of {} records from {} to {} in {} transactions of at most {} in {:.2} s: {:.0} msg/s ({}; {})\n",

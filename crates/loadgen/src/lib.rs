@@ -152,6 +152,10 @@ impl Measurement for Report {
         self.throughput
     }
 
+    fn steady(&self) -> Option<&Steady> {
+        self.steady.as_ref()
+    }
+
     fn summary(&self) -> String {
         let mut text = format!(
             "run {}: {} posted, {} accepted in {:.2} s: {:.0} orders/s ({})\n",
