@@ -261,14 +261,15 @@ mod tests {
         assert!(timeline.samples.windows(2).all(|w| w[0] <= w[1]));
     }
 
-    struct Fixed(u64, f64);
+    /// A run of `.0` items at `.1` per second, with the steady window `.2`.
+    struct Fixed(u64, f64, Option<Steady>);
     impl Measurement for Fixed {
         fn per_second(&self) -> f64 {
             self.1
         }
 
         fn steady(&self) -> Option<&Steady> {
-            None
+            self.2.as_ref()
         }
 
         fn summary(&self) -> String {
@@ -276,21 +277,26 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_probe_grows_until_it_lasts_two_seconds_and_sizes_the_run() {
+    /// Sizes a run for 30 s of steady window, each run being `run(items)`: the sizes run,
+    /// and what came of it.
+    async fn sized_for_30_s(run: impl Fn(u64) -> Fixed) -> (Vec<u64>, Sized<Fixed>) {
         let mut runs = Vec::new();
-        let sized = sized(
-            Sizing {
-                steady_seconds: Some(30),
-            },
-            7,
-            |items| {
-                runs.push(items);
-                async move { Ok(Fixed(items, 5_000.0)) }
-            },
-        )
+        let thirty = Sizing {
+            steady_seconds: Some(30),
+        };
+        let sized = sized(thirty, 7, |items| {
+            runs.push(items);
+            let report = run(items);
+            async move { Ok(report) }
+        })
         .await
         .unwrap();
+        (runs, sized)
+    }
+
+    #[tokio::test]
+    async fn a_probe_grows_until_it_lasts_two_seconds_and_sizes_the_run() {
+        let (runs, sized) = sized_for_30_s(|items| Fixed(items, 5_000.0, None)).await;
         // 1,000 and 4,000 items at 5,000/s last under 2 s; 16,000 last 3.2 s; 30 s of steady
         // window at 5,000/s is 150,000 items, the whole run 187,500, with the margin 234,375.
         assert_eq!(runs, [1_000, 4_000, 16_000, 235_000]);
@@ -310,9 +316,13 @@ mod tests {
         let no_steady = Sizing {
             steady_seconds: None,
         };
-        let sized = sized(no_steady, 7, |items| async move { Ok(Fixed(items, 1.0)) })
-            .await
-            .unwrap();
+        let sized = sized(
+            no_steady,
+            7,
+            |items| async move { Ok(Fixed(items, 1.0, None)) },
+        )
+        .await
+        .unwrap();
         assert_eq!(sized.report.0, 7);
         assert_eq!(sized.probe, None);
     }
@@ -324,28 +334,12 @@ mod tests {
                 steady_seconds: Some(30),
             },
             7,
-            |items| async move { Ok(Fixed(items, 0.0)) },
+            |items| async move { Ok(Fixed(items, 0.0, None)) },
         )
         .await
         .err()
         .unwrap();
         assert!(err.to_string().contains("did not finish"), "{err}");
-    }
-
-    /// A run that starts slowly: 10,000 items in 4 s, of which the middle 8,000 took 2 s.
-    struct SlowStart(u64, Steady);
-    impl Measurement for SlowStart {
-        fn per_second(&self) -> f64 {
-            2_500.0
-        }
-
-        fn steady(&self) -> Option<&Steady> {
-            Some(&self.1)
-        }
-
-        fn summary(&self) -> String {
-            format!("{} items\n", self.0)
-        }
     }
 
     #[tokio::test]
@@ -356,20 +350,9 @@ mod tests {
             items: 8_000,
             per_second: 4_000.0,
         };
-        let mut runs = Vec::new();
-        let sized = sized(
-            Sizing {
-                steady_seconds: Some(30),
-            },
-            7,
-            |items| {
-                runs.push(items);
-                let steady = steady.clone();
-                async move { Ok(SlowStart(items, steady)) }
-            },
-        )
-        .await
-        .unwrap();
+        // A slow start: 2,500/s over the whole run, 4,000/s over its middle.
+        let (runs, sized) =
+            sized_for_30_s(|items| Fixed(items, 2_500.0, Some(steady.clone()))).await;
         // 1,000 and 4,000 items at 2,500/s last under 2 s, 16,000 6.4 s; 30 s of steady window
         // at the steady 4,000/s (not the 2,500/s of the whole probe) with the 20 % around it
         // and the margin: 187,500.
