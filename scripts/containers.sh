@@ -37,22 +37,15 @@ Commands:
                           apache/kafka:<v>            Maven Central jars (scripts/kafka.sh) on Debian's JRE
                           axllent/mailpit:<v>         the Go build of scripts/mailpit.sh
                         Each has the label $STAND_IN_LABEL.
-  start [options]       Install if needed, start \`podman system service\` on a socket of its
-                        own in the data dir and a runner of the containers' healthchecks
-                        (podman leaves that to systemd, which is not there), wait until
-                        the API answers, then print
+  serve [--data-dir D]  Install if needed and serve the Docker API (\`podman system service\`) on
+                        D/podman.sock (D: default a new temp dir), with a runner of the
+                        containers' healthchecks (podman leaves them to systemd, which is not
+                        there), in the foreground until SIGTERM or Ctrl-C. It prints
                           CONTAINERS_CONF=$PODMAN_CONF
                           DOCKER_HOST=unix://<data-dir>/podman.sock
-  stop --data-dir D     Stop that service (containers it started keep running: remove them
-                        with \`docker compose down\` first).
-  status --data-dir D   Print CONTAINERS_STATUS=running|stopped (exit 3 when stopped).
+                        and serves once GET /_ping on that socket answers. Containers it
+                        started keep running: \`docker compose down\` first.
   env                   Print CONTAINERS_CONF=... (for podman commands typed by hand).
-
-Options of start:
-  --data-dir D          Where the socket, pid file and log go (default: a new temp dir).
-  --owner-pid P         Stop the service when process P exits (default: the caller's
-                        process group leader; 0: never).
-  --timeout S           Seconds to wait for the API (default 60).
 
 podman is configured by $PODMAN_CONF (runc, cgroupfs, ulimits within the machine's hard
 limits), passed as CONTAINERS_CONF: /etc is not edited. Export CONTAINERS_CONF for podman
@@ -146,7 +139,7 @@ build_debian() { # <image>
     fp_log "$image: debootstrap --variant=minbase $suite (about 30 s)"
     root="$(fp_mktemp_dir flatpack-rootfs)"
     if ! debootstrap --variant=minbase "$suite" "$root" "$DEBIAN_MIRROR" >"$root.log" 2>&1; then
-      fp_tail_log "$root.log"
+      tail -n 40 -- "$root.log" >&2
       rm -rf -- "$root"
       fp_die "debootstrap $suite failed"
     fi
@@ -194,7 +187,7 @@ podman_build() { # <image> <dir> <recipe> [podman build args...]
   fp_log "$image: podman build $dir (log: $log)"
   if ! podman build --pull=never --layers=false --build-arg RECIPE="$recipe" \
     -t "docker.io/$image" -f "$dir/Containerfile" "$@" "$dir" >"$log" 2>&1; then
-    fp_tail_log "$log" 60
+    tail -n 60 -- "$log" >&2
     fp_die "building the stand-in $image failed"
   fi
   rm -f -- "$log"
@@ -259,7 +252,7 @@ build_mailpit() { # <image> <debian-image>
 build_jaeger() { # <image> <debian-image>
   local version="${1##*:}" out
   [[ "$version" =~ ^2\.([0-9]+)\.([0-9]+)$ ]] || fp_die "no Go module version known for $1"
-  out="$(JAEGER_VERSION="v1.$((BASH_REMATCH[1] + 63)).${BASH_REMATCH[2]}" "$SCRIPT_DIR/go-tool.sh" jaeger)" ||
+  out="$(JAEGER_VERSION="v1.$((BASH_REMATCH[1] + 63)).${BASH_REMATCH[2]}" "$SCRIPT_DIR/tool.sh" jaeger)" ||
     fp_die "building Jaeger for $1 failed"
   build_from_binary "$1" "$2" "$STAND_INS/jaeger" "${out#JAEGER=}"
 }
@@ -268,7 +261,7 @@ build_prometheus() { # <image> <debian-image>
   local version="${1##*:}" out
   [[ "$version" =~ ^v3\.([0-9]+)\.([0-9]+)$ ]] || fp_die "no Go module version known for $1"
   out="$(PROMETHEUS_VERSION="$(printf 'v0.3%02d.%s' "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}")" \
-    "$SCRIPT_DIR/go-tool.sh" prometheus)" || fp_die "building Prometheus for $1 failed"
+    "$SCRIPT_DIR/tool.sh" prometheus)" || fp_die "building Prometheus for $1 failed"
   build_from_binary "$1" "$2" "$STAND_INS/prometheus" "${out#PROMETHEUS=}"
 }
 
@@ -316,10 +309,10 @@ go_duration_secs() { # <duration>
 # interval of its own once healthy, and every 2 s while it is starting or unhealthy; never
 # a second run of one container's check while its previous run is still going (a check that
 # starts a JVM can take longer than its interval on a busy machine).
-cmd_healthchecks() {
+cmd_healthchecks() { # <pid of the API service>: runs as long as it does
   local -A last=() running=()
   local id status interval now
-  while :; do
+  while kill -0 "$1" 2>/dev/null; do
     now=$SECONDS
     while read -r id status; do
       [[ -n "$id" ]] || continue
@@ -343,77 +336,37 @@ cmd_healthchecks() {
 
 # ---------------------------------------------------------------- service
 
-service_marker() { printf '%s\n' "$1/podman.sock"; }
-
-api_ready() { # <socket>
-  curl -fsS --max-time 2 --unix-socket "$1" http://d/_ping >/dev/null 2>&1
-}
-
-cmd_start() {
-  local data_dir="" owner="" timeout=60
+# The Docker API on <data-dir>/podman.sock and the healthcheck runner, in the foreground
+# until SIGTERM or SIGINT (which stop both); the API service also dies with this script.
+cmd_serve() {
+  local data_dir=""
   while (($#)); do
     case "$1" in
       --data-dir) fp_need_value "$1" $# "${2-}"; data_dir="$2"; shift 2 ;;
-      --owner-pid) fp_need_value "$1" $# "${2-}"; owner="$2"; shift 2 ;;
-      --timeout) fp_need_value "$1" $# "${2-}"; timeout="$2"; shift 2 ;;
       -h | --help) usage; exit 0 ;;
-      *) fp_die "start: unknown option '$1' (see --help)" ;;
+      *) fp_die "serve: unknown option '$1' (see --help)" ;;
     esac
   done
-  fp_is_uint "$timeout" || fp_die "--timeout must be a number of seconds"
-  [[ -n "$owner" ]] || owner="$(fp_default_owner)"
-  [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-podman)"
-  data_dir="$(fp_abs_dir "$data_dir")"
+  data_dir="$(fp_abs_dir "${data_dir:-$(fp_mktemp_dir flatpack-podman)}")"
   cmd_install
-  local sock="$data_dir/podman.sock"
-  if fp_pidfile_pid "$data_dir/podman.pid" "$(service_marker "$data_dir")" >/dev/null && api_ready "$sock"; then
-    fp_log "podman API already serves on $sock"
-  else
-    rm -f -- "$sock"
-    fp_launch "$data_dir" podman "$owner" 20 "podman API service" \
-      podman system service --time=0 "unix://$sock"
-    fp_await_ready "$data_dir" podman "$(service_marker "$data_dir")" "podman API service" "$timeout" \
-      "the Docker API answering /_ping on $sock" "$data_dir/podman.out" api_ready "$sock"
-    fp_log "podman $(podman --version | awk '{ print $3 }') serves the Docker API on $sock"
-  fi
-  if ! fp_pidfile_pid "$data_dir/healthchecks.pid" "$SCRIPT_DIR/containers.sh healthchecks" >/dev/null; then
-    fp_launch "$data_dir" healthchecks "$owner" 5 "healthcheck runner" "$SCRIPT_DIR/containers.sh" healthchecks
-  fi
+  local sock="$data_dir/podman.sock" api hc
+  rm -f -- "$sock"
+  setpriv --pdeathsig TERM -- podman system service --time=0 "unix://$sock" &
+  api=$!
+  cmd_healthchecks "$api" &
+  hc=$!
+  trap 'kill -TERM "$api" "$hc" 2>/dev/null; wait; exit 0' TERM INT
+  fp_log "podman $(podman --version | awk '{ print $3 }') serves the Docker API on $sock"
   printf 'CONTAINERS_CONF=%s\nDOCKER_HOST=unix://%s\n' "$PODMAN_CONF" "$sock"
+  wait
 }
 
-cmd_stop() {
-  fp_parse_data_dir_args stop "" "$@"
-  fp_stop_service "$FP_DATA_DIR" healthchecks "$SCRIPT_DIR/containers.sh healthchecks" 5 "healthcheck runner"
-  fp_stop_service "$FP_DATA_DIR" podman "$(service_marker "$FP_DATA_DIR")" "${FP_TIMEOUT:-20}" \
-    "podman API service"
-}
-
-cmd_status() {
-  fp_parse_data_dir_args status "" "$@"
-  if fp_pidfile_pid "$FP_DATA_DIR/podman.pid" "$(service_marker "$FP_DATA_DIR")" >/dev/null; then
-    printf 'CONTAINERS_STATUS=running\nDOCKER_HOST=unix://%s/podman.sock\n' "$FP_DATA_DIR"
-    return 0
-  fi
-  printf 'CONTAINERS_STATUS=stopped\n'
-  return 3
-}
-
-main() {
-  local cmd="${1:-}"
-  (($#)) && shift
-  case "$cmd" in
-    install) cmd_install ;;
-    images) cmd_images ;;
-    start) cmd_start "$@" ;;
-    stop) cmd_stop "$@" ;;
-    status) cmd_status "$@" ;;
-    env) printf 'CONTAINERS_CONF=%s\n' "$PODMAN_CONF" ;;
-    healthchecks) cmd_healthchecks ;; # started by `start`
-    -h | --help | help) usage ;;
-    "") usage >&2; exit 2 ;;
-    *) fp_die "unknown command '$cmd' (see --help)" ;;
-  esac
-}
-
-main "$@"
+case "${1:-}" in
+  install) cmd_install ;;
+  images) cmd_images ;;
+  serve) shift; cmd_serve "$@" ;;
+  env) printf 'CONTAINERS_CONF=%s\n' "$PODMAN_CONF" ;;
+  -h | --help | help) usage ;;
+  "") usage >&2; exit 2 ;;
+  *) fp_die "unknown command '$1' (see --help)" ;;
+esac

@@ -21,9 +21,9 @@
 #   JAEGER_OTLP_HTTP_ADDR (127.0.0.1:4318), JAEGER_QUERY_GRPC_ADDR (127.0.0.1:16685)
 #   FLATPACK_PROFILE     dev or release (default dev): the cargo profile built and run
 #   FLATPACK_BIN_DIR     run the service binaries in this directory, without building
-#   SUPERVISOR_VERSION   supervisor from PyPI (default 4.3.0)
+#   SUPERVISOR_VERSION   supervisor from PyPI (default 4.3.0, see scripts/tool.sh)
 # plus any setting the services read.
-# shellcheck disable=SC2317 # stop_all and the installer run through trap and fp_with_lock
+# shellcheck disable=SC2317 # stop_all runs through trap
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -60,9 +60,8 @@ export EMAIL_INSTANCE_ID=${EMAIL_INSTANCE_ID:-email-1}
 # The on-disk copies of the services' state stores, next to the broker data they copy.
 export FLATPACK_STORE_DIR=${FLATPACK_STORE_DIR:-$state/stores}
 
-if pid=$(fp_pidfile_pid "$state/supervisord.pid" "$conf"); then
-  fp_die "flatpack already runs from $state (supervisord pid $pid); control it with $ctl"
-fi
+[[ ! -S "$state/supervisor.sock" ]] || ! "$ctl" pid >/dev/null 2>&1 ||
+  fp_die "flatpack already runs from $state; control it with $ctl"
 for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" \
   "${DASHBOARD_HTTP_ADDR##*:}" "${TRANSACTIONS_OPS_ADDR##*:}" "${ANALYTICS_OPS_ADDR##*:}" \
   "${EMAIL_OPS_ADDR##*:}" "${JAEGER_UI_ADDR##*:}" "${JAEGER_OTLP_HTTP_ADDR##*:}" \
@@ -88,27 +87,10 @@ done
 
 # ---------------------------------------------------------------- supervisor
 
-SUPERVISOR_VERSION=${SUPERVISOR_VERSION:-4.3.0}
-venv="$(fp_cache_dir)/supervisor-$SUPERVISOR_VERSION"
-supervisor_ok() { [[ "$("$venv/bin/supervisord" --version 2>/dev/null)" == "$SUPERVISOR_VERSION" ]]; }
-supervisor_install_locked() {
-  supervisor_ok && return 0
-  fp_log "installing supervisor $SUPERVISOR_VERSION from PyPI into a venv in $venv"
-  rm -rf -- "$venv"
-  if ! python3 -m venv "$venv" >&2 ||
-    ! "$venv/bin/python" -m pip install -q --disable-pip-version-check "supervisor==$SUPERVISOR_VERSION" >&2; then
-    rm -rf -- "$venv"
-    fp_die "installing supervisor failed (python3 -m venv needs Debian's python3-venv)"
-  fi
-  supervisor_ok || fp_die "$venv/bin/supervisord does not report version $SUPERVISOR_VERSION"
-}
-supervisor_ok || fp_with_lock "$venv.lock" supervisor_install_locked
-
 # Fetch and build now, in view, rather than inside the supervised programs.
+fp_export_lines "$("$here/tool.sh" supervisord jaeger)"
 "$here/kafka.sh" fetch
 "$here/mailpit.sh" fetch
-jaeger=$("$here/go-tool.sh" jaeger)
-jaeger=${jaeger#JAEGER=}
 
 # Every program gets SIGKILL when supervisord dies, whatever killed it.
 die_with_parent=(setpriv --pdeathsig KILL --)
@@ -158,13 +140,13 @@ priority=100
 EOF
   program kafka 10 "${KAFKA_STOP_TIMEOUT:-30}" "$(printf '%q ' "$here/kafka.sh" run --data-dir "$state/kafka" --port "$kafka_port")"
   program mailpit 20 10 "$(printf '%q ' "$here/mailpit.sh" run --data-dir "$state/mailpit" --smtp-port "$smtp_port" --http-port "$mailpit_http_port")"
-  program jaeger 20 10 "$(printf '%q ' "$jaeger" --config "$here/jaeger/local.yaml")"
+  program jaeger 20 10 "$(printf '%q ' "$JAEGER" --config "$here/jaeger/local.yaml")"
   for service in "${services[@]}"; do
     program "$service" 100 30 "$(printf '%q' "$bin_dir/$service")"
   done
 } >"$conf"
 printf '#!/bin/sh\n# supervisorctl for the flatpack run from %s\nexec %q -c %q "$@"\n' \
-  "$state" "$venv/bin/supervisorctl" "$conf" >"$ctl"
+  "$state" "${SUPERVISORD%/*}/supervisorctl" "$conf" >"$ctl"
 chmod +x "$ctl"
 
 # ---------------------------------------------------------------- run
@@ -196,13 +178,15 @@ trap 'exit 143' TERM
 : >>"$logs/supervisord.log"
 "${die_with_parent[@]}" tail -n 0 -F "$logs/supervisord.log" &
 tail_pid=$!
-setsid "${die_with_parent[@]}" "$venv/bin/supervisord" -c "$conf" </dev/null &
+setsid "${die_with_parent[@]}" "$SUPERVISORD" -c "$conf" </dev/null &
 supervisor_pid=$!
 
-rc=0
-fp_wait_until "$supervisor_pid" 120 fp_http_ok "http://$ORDERS_HTTP_ADDR/readyz" || rc=$?
-((rc != 2)) || fp_die "supervisord exited; see $logs/supervisord.log"
-((rc == 0)) || fp_log "the orders API is not ready after 120 s; see $logs/"
+for ((i = 0; i < 480; i++)); do
+  fp_alive "$supervisor_pid" || fp_die "supervisord exited; see $logs/supervisord.log"
+  ! fp_http_ok "http://$ORDERS_HTTP_ADDR/readyz" || break
+  sleep 0.25
+done
+fp_http_ok "http://$ORDERS_HTTP_ADDR/readyz" || fp_log "the orders API is not ready after 120 s; see $logs/"
 
 cat <<TXT
 

@@ -4,10 +4,8 @@
 #
 # Kafka is started here from the Apache Kafka jars (scripts/kafka.sh) unless
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
-# MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Debian's chromium
-# is installed (scripts/chromium.sh) unless CHROMIUM names a browser, Jaeger is built
-# (scripts/go-tool.sh) unless JAEGER names one, and schemathesis (scripts/schemathesis.sh)
-# unless SCHEMATHESIS names one.
+# MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Chromium, Jaeger,
+# schemathesis, the compose CLI and hadolint come from scripts/tool.sh.
 # Then the containers (scripts/containers.sh: podman serving the Docker API, local stand-in
 # images where no registry can be reached): the system tests' testcontainers path once, and
 # the compose files run for real (tests/containers). FLATPACK_SKIP_CONTAINERS=1 leaves them
@@ -23,22 +21,14 @@ FP_NAME=test.sh
 source "$here/lib.sh"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-test.XXXXXX")
-started_kafka=""
-started_mailpit=""
-started_podman=""
+# What this script started, stopped in reverse order on exit (and by the kernel when this
+# script is killed: see fp_spawn).
+started=()
 cleanup() {
-  local status=$?
-  if [ -n "$started_podman" ]; then
-    "$here/containers.sh" stop --data-dir "$work/podman" || true
-  fi
-  if [ -n "$started_kafka" ]; then
-    "$here/kafka.sh" stop --data-dir "$work/kafka" || true
-  fi
-  if [ -n "$started_mailpit" ]; then
-    "$here/mailpit.sh" stop --data-dir "$work/mailpit" || true
-  fi
+  local status=$? i
+  for ((i = ${#started[@]} - 1; i >= 0; i--)); do fp_stop "${started[i]}" 30; done
   if [ "$status" -ne 0 ]; then
-    echo "test.sh: failed; broker and Mailpit logs kept in $work" >&2
+    echo "test.sh: failed; broker, Mailpit and podman logs kept in $work" >&2
   else
     rm -rf "$work"
   fi
@@ -46,7 +36,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -77,42 +66,40 @@ for dep in $(sed -n '/^\[workspace.dependencies\]/,/^\[/{s/^\([A-Za-z0-9_-]*\) *
 done
 [ -z "$unused" ] || fp_die "declared in [workspace.dependencies] but used by no crate:$unused"
 
-step "container files (compose config with the real compose CLI, hadolint)"
-"$here/check-containers.sh"
+step "tools the tests drive (scripts/tool.sh: each built or installed once, then cached)"
+tools=() # those whose variable (CHROMIUM, JAEGER, ...) does not name one already
+for tool in chromium jaeger schemathesis docker-compose hadolint; do
+  var=${tool^^} && var=${var//-/_}
+  [ -n "${!var:-}" ] || tools+=("$tool")
+done
+[ ${#tools[@]} -eq 0 ] || fp_export_lines "$("$here/tool.sh" "${tools[@]}")"
 
+kafka_ready() { fp_port_open "$1" && grep -qs 'Kafka Server started' "$work/kafka/server.log"; }
+mailpit_ready() { fp_port_open "$1" && fp_http_ok "http://127.0.0.1:$2/livez"; }
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   step "starting Apache Kafka from the Maven Central jars"
-  started_kafka=1 # before the start, so that a start failing half-way is stopped too
-  out=$("$here/kafka.sh" start --data-dir "$work/kafka" --owner-pid $$)
-  fp_export_lines "$out"
+  "$here/kafka.sh" fetch
+  port=$(fp_free_ports 1)
+  fp_spawn "$work/kafka.out" "$here/kafka.sh" run --data-dir "$work/kafka" --port "$port"
+  started+=("$FP_PID")
+  fp_await "$FP_PID" 120 "Kafka broker on port $port" "$work/kafka.out" kafka_ready "$port"
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
 fi
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 
 if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   step "starting Mailpit"
-  started_mailpit=1
+  "$here/mailpit.sh" fetch
+  mapfile -t ports < <(fp_free_ports 2)
   # --max 0: keep every message (Mailpit keeps the newest 500 by default), since tests
   # count the e-mails of thousands of orders.
-  out=$("$here/mailpit.sh" start --data-dir "$work/mailpit" --owner-pid $$ -- --max 0)
-  fp_export_lines "$out"
+  fp_spawn "$work/mailpit.out" "$here/mailpit.sh" run --data-dir "$work/mailpit" \
+    --smtp-port "${ports[0]}" --http-port "${ports[1]}" -- --max 0
+  started+=("$FP_PID")
+  fp_await "$FP_PID" 60 "Mailpit on ports ${ports[*]}" "$work/mailpit.out" mailpit_ready "${ports[@]}"
+  export MAILPIT_SMTP="127.0.0.1:${ports[0]}" MAILPIT_HTTP="http://127.0.0.1:${ports[1]}"
 fi
 echo "Mailpit: SMTP $MAILPIT_SMTP, HTTP $MAILPIT_HTTP" >&2
-
-# A tool a test needs: the variable <var> names it, else <script...> installs it and prints
-# <var>=<path>.
-tool() { # <var> <what> <script> [args...]
-  local var=$1 what=$2
-  shift 2
-  if [ -z "${!var:-}" ]; then
-    step "$what"
-    out=$("$@")
-    fp_export_lines "$out"
-  fi
-  echo "$var: ${!var}" >&2
-}
-tool CHROMIUM "Chromium for the dashboard's browser test" "$here/chromium.sh"
-tool JAEGER "Jaeger for the trace tests (built from its Go module once, then cached)" "$here/go-tool.sh" jaeger
-tool SCHEMATHESIS "schemathesis for the API contract test" "$here/schemathesis.sh"
 
 step "building the service binaries (the system tests start them as processes)"
 cargo build --workspace --bins --locked
@@ -128,9 +115,11 @@ fi
 
 containers_start=$SECONDS
 step "container engine: podman serving the Docker API"
-started_podman=1
-out=$("$here/containers.sh" start --data-dir "$work/podman" --owner-pid $$)
-fp_export_lines "$out"
+fp_spawn "$work/podman.out" "$here/containers.sh" serve --data-dir "$work/podman"
+started+=("$FP_PID")
+api_ready() { curl -fsS --max-time 2 --unix-socket "$work/podman/podman.sock" http://d/_ping >/dev/null 2>&1; }
+fp_await "$FP_PID" 120 "the Docker API on $work/podman/podman.sock" "$work/podman.out" api_ready
+fp_export_lines "$(grep -E '^[A-Z_]+=' "$work/podman.out")"
 echo "Docker API: $DOCKER_HOST" >&2
 
 step "local stand-in images (built once, then cached)"

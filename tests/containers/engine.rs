@@ -22,15 +22,15 @@ pub fn engine_socket() -> PathBuf {
     let path = host.strip_prefix("unix://").unwrap_or_else(|| {
         panic!(
             "the container tests need DOCKER_HOST=unix://<socket> of a Docker API \
-             (scripts/containers.sh start prints it); found {host:?}"
+             (`scripts/containers.sh serve` prints it); found {host:?}"
         )
     });
     PathBuf::from(path)
 }
 
-/// The compose CLI: `FLATPACK_COMPOSE`, else the one scripts/check-containers.sh builds.
+/// The compose CLI: `DOCKER_COMPOSE`, else the one `scripts/tool.sh docker-compose` builds.
 fn compose_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("FLATPACK_COMPOSE")
+    if let Ok(bin) = std::env::var("DOCKER_COMPOSE")
         && !bin.is_empty()
     {
         return PathBuf::from(bin);

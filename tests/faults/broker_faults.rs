@@ -51,7 +51,7 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
         .expect("blocking step panicked")
 }
 
-/// Does `work` to the brokers on a blocking thread (kafka.sh waits), and hands them back.
+/// Does `work` to the brokers on a blocking thread (it waits for JVMs), and hands them back.
 async fn on(brokers: Brokers, work: impl FnOnce(&Brokers) + Send + 'static) -> Brokers {
     blocking(move || {
         work(&brokers);

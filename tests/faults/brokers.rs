@@ -1,7 +1,10 @@
-//! Brokers of a test's own, started, killed, stopped and restarted with `scripts/kafka.sh`.
+//! Brokers of a test's own: `scripts/kafka.sh run` as child processes of the test, killed,
+//! stopped and started again on their data dirs.
 
+use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -13,6 +16,8 @@ struct Node {
     id: i32,
     port: u16,
     dir: PathBuf,
+    /// The running broker, if it runs.
+    process: Mutex<Option<Child>>,
 }
 
 /// One broker, or a cluster of three, each a JVM in a data dir of its own.
@@ -21,25 +26,93 @@ pub struct Brokers {
     root: PathBuf,
     nodes: Vec<Node>,
     voters: String,
+    cluster_id: String,
 }
 
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
 }
 
-/// Runs `scripts/kafka.sh` with `args`; its stdout (KEY=VALUE lines), or a panic with its
-/// stderr.
-fn kafka_sh(args: &[&str]) -> String {
-    let output = Command::new(script())
-        .args(args)
-        .output()
-        .expect("running scripts/kafka.sh");
-    assert!(
-        output.status.success(),
-        "scripts/kafka.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("kafka.sh output is UTF-8")
+impl Node {
+    /// Starts the broker on its data dir (formatting it the first time), output appended to
+    /// `kafka.out` there.
+    fn spawn(&self, voters: &str, cluster_id: &str) {
+        std::fs::create_dir_all(&self.dir).expect("the broker's data dir");
+        // Readiness is read from this run's server.log alone.
+        let log = self.dir.join("server.log");
+        if log.exists() {
+            std::fs::rename(&log, self.dir.join("server.log.prev")).expect("keeping the last log");
+        }
+        let out = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("kafka.out"))
+            .expect("kafka.out");
+        let child = Command::new(script())
+            .args(["run", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--node-id",
+                &self.id.to_string(),
+                "--port",
+                &self.port.to_string(),
+            ])
+            .args(["--voters", voters, "--cluster-id", cluster_id])
+            .stdout(out.try_clone().expect("kafka.out"))
+            .stderr(out)
+            .spawn()
+            .expect("running scripts/kafka.sh");
+        *self.process.lock().unwrap() = Some(child);
+    }
+
+    /// Waits until the broker says it has started; panics with its log when it exits first
+    /// or takes longer than two minutes.
+    fn await_started(&self) {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            if log.contains("Kafka Server started") {
+                return;
+            }
+            let exited = match self.process.lock().unwrap().as_mut() {
+                Some(child) => child.try_wait().expect("broker status").is_some(),
+                None => true,
+            };
+            if exited || Instant::now() > until {
+                let out = std::fs::read_to_string(self.dir.join("kafka.out")).unwrap_or_default();
+                panic!(
+                    "broker {} did not start (exited: {exited}); kafka.out:\n{out}\nserver.log ends:\n{}",
+                    self.id,
+                    log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// SIGTERM (a clean shutdown, leadership handed over first), SIGKILL after `grace`.
+    fn terminate(&self, grace: Duration) {
+        let Some(mut child) = self
+            .process
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let until = Instant::now() + grace;
+        while child.try_wait().expect("broker status").is_none() {
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 fn free_ports(count: usize) -> Vec<u16> {
@@ -74,6 +147,7 @@ impl Brokers {
                 id: i32::try_from(i + 1).expect("node id"),
                 port: client_ports[i],
                 dir: root.join(format!("kafka-{}", i + 1)),
+                process: Mutex::new(None),
             })
             .collect();
         let voters = nodes
@@ -82,40 +156,36 @@ impl Brokers {
             .map(|(node, port)| format!("{}@127.0.0.1:{port}", node.id))
             .collect::<Vec<_>>()
             .join(",");
+        let cluster_id = String::from_utf8(
+            Command::new(script())
+                .arg("cluster-id")
+                .output()
+                .expect("scripts/kafka.sh cluster-id")
+                .stdout,
+        )
+        .expect("a UTF-8 cluster id")
+        .trim()
+        .to_owned();
+        assert!(
+            !cluster_id.is_empty(),
+            "scripts/kafka.sh cluster-id printed nothing"
+        );
         Self {
             root,
             nodes,
             voters,
+            cluster_id,
         }
     }
 
     /// Formats and starts every broker, and waits until all serve with every partition in
     /// sync.
     pub fn start_all(&self) {
-        let owner = std::process::id().to_string();
-        let cluster_id = kafka_sh(&["cluster-id"]).trim().to_owned();
         for node in &self.nodes {
-            let (id, port) = (node.id.to_string(), node.port.to_string());
-            let dir = node.dir.to_str().expect("UTF-8 path");
-            kafka_sh(&[
-                "start",
-                "--no-wait",
-                "--node-id",
-                &id,
-                "--port",
-                &port,
-                "--voters",
-                &self.voters,
-                "--cluster-id",
-                &cluster_id,
-                "--data-dir",
-                dir,
-                "--owner-pid",
-                &owner,
-            ]);
+            node.spawn(&self.voters, &self.cluster_id);
         }
         for node in &self.nodes {
-            kafka_sh(&["wait", "--data-dir", node.dir.to_str().expect("UTF-8 path")]);
+            node.await_started();
         }
         self.await_in_sync(Duration::from_secs(120));
     }
@@ -137,37 +207,27 @@ impl Brokers {
 
     /// SIGKILL: the broker gets no chance to hand anything over.
     pub fn kill(&self, id: i32) {
-        let node = self.node(id);
-        let pid = std::fs::read_to_string(node.dir.join("kafka.pid"))
-            .expect("the broker's pid file")
-            .trim()
-            .to_owned();
-        let status = Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .expect("kill -KILL");
-        assert!(status.success(), "kill -KILL {pid} failed");
-        let until = Instant::now() + Duration::from_secs(30);
-        while is_alive(&pid) {
-            assert!(
-                Instant::now() < until,
-                "broker {id} (pid {pid}) did not die"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut child = self
+            .node(id)
+            .process
+            .lock()
+            .unwrap()
+            .take()
+            .expect("a running broker");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("the killed broker");
     }
 
     /// SIGTERM and wait: a clean shutdown, leadership handed over first.
     pub fn stop(&self, id: i32) {
-        let dir = self.node(id).dir.to_str().expect("UTF-8 path");
-        kafka_sh(&["stop", "--data-dir", dir, "--timeout", "60"]);
+        self.node(id).terminate(Duration::from_secs(60));
     }
 
     /// Starts a stopped or killed broker again on its data, and waits until it serves.
     pub fn restart(&self, id: i32) {
-        let dir = self.node(id).dir.to_str().expect("UTF-8 path");
-        let owner = std::process::id().to_string();
-        kafka_sh(&["start", "--data-dir", dir, "--owner-pid", &owner]);
+        let node = self.node(id);
+        node.spawn(&self.voters, &self.cluster_id);
+        node.await_started();
     }
 
     /// Waits until every broker is back in the cluster and every partition of every topic
@@ -224,22 +284,10 @@ impl Brokers {
     }
 }
 
-fn is_alive(pid: &str) -> bool {
-    // A zombie waiting for its reaper is dead to us.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit(')')
-            .next()
-            .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
-    })
-}
-
 impl Drop for Brokers {
     fn drop(&mut self) {
         for node in &self.nodes {
-            let dir = node.dir.to_string_lossy();
-            let _ = Command::new(script())
-                .args(["stop", "--data-dir", &dir, "--timeout", "5"])
-                .output();
+            node.terminate(Duration::from_secs(5));
         }
         if std::thread::panicking() || std::env::var_os("FLATPACK_KEEP_TEST_LOGS").is_some() {
             eprintln!("broker logs kept in {}", self.root.display());

@@ -425,3 +425,169 @@ fn compose_restarts_every_service_and_health_checks_every_http_port() {
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
+
+// ---------------------------------------------------------------- the compose CLI, hadolint
+
+/// A checking tool named by `var` (`scripts/tool.sh` installs it and prints the line), or
+/// `None` when the test must be skipped (see [`crate::helpers::missing`]).
+fn tool(var: &str, name: &str) -> Option<PathBuf> {
+    match std::env::var(var) {
+        Ok(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ => {
+            crate::helpers::missing(
+                name,
+                &format!("{var} is not set"),
+                &format!(
+                    "Run `scripts/tool.sh {name}` (or `scripts/test.sh`) and export what it prints."
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `docker compose <args>` from the repository root, with no user setting that changes what
+/// the files mean; its stdout, or a panic naming the command and what it said.
+fn compose(cli: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new(cli)
+        .current_dir(repo_root())
+        .args(args)
+        .env_remove("COMPOSE_FILE")
+        .env_remove("COMPOSE_PROJECT_NAME")
+        .env_remove("COMPOSE_PROFILES")
+        .env_remove("COMPOSE_ENV_FILES")
+        .output()
+        .expect("running the compose CLI");
+    assert!(
+        output.status.success(),
+        "docker compose {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 from compose")
+}
+
+/// Each way a user runs the files, as the real compose CLI reads them.
+#[test]
+fn the_compose_cli_accepts_every_file_and_every_combination_users_run() {
+    let Some(cli) = tool("DOCKER_COMPOSE", "docker-compose") else {
+        return;
+    };
+    for args in [
+        &["-f", "docker-compose.yml", "config", "-q"][..],
+        &["-f", "docker-compose-kafka.yml", "config", "-q"],
+        &[
+            "-f",
+            "docker-compose-kafka.yml",
+            "-f",
+            "docker-compose-services.yml",
+            "config",
+            "-q",
+        ],
+        // The services alone name a broker that is not in the file.
+        &[
+            "-f",
+            "docker-compose-services.yml",
+            "config",
+            "-q",
+            "--no-consistency",
+        ],
+        &["-f", "docker-compose-cluster.yml", "config", "-q"],
+    ] {
+        compose(&cli, args);
+    }
+}
+
+/// Kafka UI only with the profile `ui`: a plain `up` needs no image the machine cannot make.
+#[test]
+fn each_compose_project_runs_exactly_its_services() {
+    let Some(cli) = tool("DOCKER_COMPOSE", "docker-compose") else {
+        return;
+    };
+    let flatpack = "mailpit jaeger prometheus orders transactions analytics email dashboard";
+    let cluster = format!("kafka kafka-2 kafka-3 {flatpack}");
+    for (args, want) in [
+        (&["-f", "docker-compose-kafka.yml"][..], "kafka".to_owned()),
+        (
+            &["-f", "docker-compose-kafka.yml", "--profile", "ui"],
+            "kafka kafka-ui".to_owned(),
+        ),
+        (&["-f", "docker-compose.yml"], format!("kafka {flatpack}")),
+        (
+            &["-f", "docker-compose.yml", "--profile", "ui"],
+            format!("kafka kafka-ui {flatpack}"),
+        ),
+        (&["-f", "docker-compose-cluster.yml"], cluster.clone()),
+        (
+            &["-f", "docker-compose-cluster.yml", "--profile", "ui"],
+            format!("{cluster} kafka-ui"),
+        ),
+    ] {
+        let have: std::collections::BTreeSet<String> =
+            compose(&cli, &[args, &["config", "--services"]].concat())
+                .lines()
+                .map(str::to_owned)
+                .collect();
+        let want: std::collections::BTreeSet<String> = want.split(' ').map(str::to_owned).collect();
+        assert_eq!(have, want, "docker compose {}", args.join(" "));
+    }
+}
+
+/// Every service a compose file builds is a stage of `docker/Dockerfile`, tagged
+/// `flatpack/<stage>`.
+#[test]
+fn every_built_service_is_a_dockerfile_stage_tagged_flatpack_stage() {
+    let Some(cli) = tool("DOCKER_COMPOSE", "docker-compose") else {
+        return;
+    };
+    let dockerfile = std::fs::read_to_string(repo_root().join("docker/Dockerfile")).unwrap();
+    let stages: Vec<&str> = dockerfile
+        .lines()
+        .filter(|line| line.starts_with("FROM "))
+        .filter_map(|line| line.split_whitespace().collect::<Vec<_>>().get(3).copied())
+        .collect();
+    for file in ["docker-compose.yml", "docker-compose-cluster.yml"] {
+        let config: serde_json::Value =
+            serde_json::from_str(&compose(&cli, &["-f", file, "config", "--format", "json"]))
+                .expect("compose config as JSON");
+        let mut built = 0;
+        for (name, service) in config["services"].as_object().expect("services") {
+            let Some(build) = service.get("build") else {
+                continue;
+            };
+            built += 1;
+            let target = build["target"].as_str().unwrap_or_default();
+            assert!(
+                stages.contains(&target),
+                "{file}: {name} builds '{target}', not a stage of {stages:?}"
+            );
+            assert_eq!(
+                service["image"],
+                format!("flatpack/{target}"),
+                "{file}: {name}'s image"
+            );
+            assert_eq!(
+                build["dockerfile"], "docker/Dockerfile",
+                "{file}: {name}'s Dockerfile"
+            );
+        }
+        assert_eq!(built, 5, "{file} builds the five services");
+    }
+}
+
+#[test]
+fn hadolint_finds_nothing_in_the_dockerfile() {
+    let Some(hadolint) = tool("HADOLINT", "hadolint") else {
+        return;
+    };
+    let output = std::process::Command::new(hadolint)
+        .arg("--no-color")
+        .arg(repo_root().join("docker/Dockerfile"))
+        .output()
+        .expect("running hadolint");
+    assert!(
+        output.status.success(),
+        "hadolint docker/Dockerfile: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}

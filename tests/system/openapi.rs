@@ -2,7 +2,7 @@
 //! running orders API and dashboard: every request it generates, valid or not, gets a
 //! documented status and a body that matches the documented schema, and none a 5xx.
 //!
-//! schemathesis comes from `SCHEMATHESIS` (`scripts/schemathesis.sh` installs a pinned
+//! schemathesis comes from `SCHEMATHESIS` (`scripts/tool.sh schemathesis` installs a pinned
 //! version and prints it); without it the test fails under `CI=true` and is skipped loudly
 //! elsewhere, as the browser test does without Chromium.
 
@@ -41,7 +41,7 @@ fn schemathesis() -> Option<PathBuf> {
             missing(
                 "schemathesis",
                 &why,
-                "Run `scripts/schemathesis.sh` (or `scripts/test.sh`) and export what it prints.",
+                "Run `scripts/tool.sh schemathesis` (or `scripts/test.sh`) and export what it prints.",
             );
             None
         }

@@ -1,6 +1,5 @@
-//! The local-run scripts: a broker started for an owner that is already gone must not be
-//! left running; `run.sh` restarts what exits, stops everything on SIGHUP, and leaves
-//! nothing behind when its process group is SIGKILLed; `smtp-sink.sh` installs an SMTP
+//! The local-run scripts: a broker a script spawned must not outlive the script; `run.sh` restarts what exits, stops everything on SIGHUP, and leaves
+//! nothing behind when its process group is SIGKILLed; `tool.sh smtp-sink` installs an SMTP
 //! server that accepts every e-mail.
 
 use std::os::unix::process::CommandExt;
@@ -30,8 +29,10 @@ fn processes_mentioning(marker: &str) -> Vec<String> {
     found
 }
 
+/// `test.sh` starts its broker with `fp_spawn` (scripts/lib.sh): when the script is
+/// SIGKILLed, nothing is left to stop the broker but the kernel, which must.
 #[test]
-fn kafka_started_for_an_owner_that_is_gone_is_stopped_again() {
+fn a_broker_a_script_spawned_is_stopped_when_the_script_is_killed() {
     if Command::new("java").arg("-version").output().is_err() {
         crate::helpers::missing(
             "Java",
@@ -40,40 +41,44 @@ fn kafka_started_for_an_owner_that_is_gone_is_stopped_again() {
         );
         return;
     }
-    // A pid that no longer runs: a child that has exited and been reaped.
-    let mut gone = Command::new("true").spawn().unwrap();
-    let gone_pid = gone.id();
-    gone.wait().unwrap();
     let data_dir =
-        std::env::temp_dir().join(format!("flatpack-owner-test-{:08x}", rand::random::<u32>()));
-
-    let started = Command::new("bash")
-        .arg(script("kafka.sh"))
-        .args(["start", "--owner-pid", &gone_pid.to_string(), "--data-dir"])
-        .arg(&data_dir)
-        .output()
-        .unwrap();
-
-    let stderr = String::from_utf8_lossy(&started.stderr);
-    assert!(!started.status.success(), "start must fail: {stderr}");
-    assert!(
-        stderr.contains(&format!("owner pid {gone_pid} does not run")),
-        "{stderr}"
-    );
-    assert!(started.stdout.is_empty(), "no bootstrap address is printed");
+        std::env::temp_dir().join(format!("flatpack-spawn-test-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&data_dir).unwrap();
     let marker = data_dir.to_string_lossy().into_owned();
-    assert_eq!(
-        processes_mentioning(&marker),
-        Vec::<String>::new(),
-        "nothing left running"
-    );
-    let status = Command::new("bash")
-        .arg(script("kafka.sh"))
-        .args(["status", "--data-dir"])
+    // The script spawns the broker, then waits as `sleep` (exec: the same process).
+    let mut starter = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1/lib.sh"; fp_spawn "$2/kafka.out" "$1/kafka.sh" run --data-dir "$2"; exec sleep 600"#)
+        .arg("starter")
+        .arg(script(""))
         .arg(&data_dir)
-        .output()
+        .spawn()
         .unwrap();
-    assert_eq!(status.status.code(), Some(3), "status says stopped");
+    let started = Instant::now();
+    while !processes_mentioning(&format!("-Dkafka.logs.dir={marker}"))
+        .iter()
+        .any(|cmd| cmd.starts_with("java "))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no broker JVM for {marker}: {}",
+            std::fs::read_to_string(data_dir.join("kafka.out")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    starter.kill().unwrap();
+    starter.wait().unwrap();
+
+    let killed = Instant::now();
+    while !processes_mentioning(&marker).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "still running a minute after their starter was killed: {:?}",
+            processes_mentioning(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir_all(&data_dir);
 }
 
@@ -508,29 +513,30 @@ async fn run_sh_killed_with_its_process_group_leaves_nothing_behind() {
     eprintln!("everything gone {:?} after SIGKILL", gone.elapsed());
 }
 
-/// `smtp-sink.sh` gives the benchmark an SMTP server that keeps nothing: Postfix's
+/// `tool.sh smtp-sink` gives the benchmark an SMTP server that keeps nothing: Postfix's
 /// smtp-sink, unpacked from Debian's package without configuring a mail system, accepts
 /// every e-mail the email service's sender sends.
 #[tokio::test(flavor = "multi_thread")]
-async fn smtp_sink_sh_installs_a_server_that_accepts_every_email_the_sender_sends() {
+async fn tool_sh_installs_an_smtp_sink_that_accepts_every_email_the_sender_sends() {
     if Command::new("apt-get").arg("--version").output().is_err() {
         crate::helpers::missing(
             "apt-get",
             "`apt-get` does not run",
-            "scripts/smtp-sink.sh unpacks Debian's postfix package; run the tests on Debian.",
+            "scripts/tool.sh smtp-sink unpacks Debian's postfix package; run the tests on Debian.",
         );
         return;
     }
-    let installed = Command::new(script("smtp-sink.sh"))
+    let installed = Command::new(script("tool.sh"))
+        .arg("smtp-sink")
         .stderr(Stdio::inherit())
         .output()
-        .expect("running smtp-sink.sh");
-    assert!(installed.status.success(), "smtp-sink.sh failed");
+        .expect("running tool.sh smtp-sink");
+    assert!(installed.status.success(), "tool.sh smtp-sink failed");
     let stdout = String::from_utf8(installed.stdout).expect("UTF-8 output");
     let program = stdout
         .trim()
         .strip_prefix("SMTP_SINK=")
-        .unwrap_or_else(|| panic!("smtp-sink.sh printed {stdout:?}, not SMTP_SINK=<path>"));
+        .unwrap_or_else(|| panic!("tool.sh printed {stdout:?}, not SMTP_SINK=<path>"));
 
     let [port] = free_ports();
     let mut sink = Command::new(program);

@@ -1,6 +1,6 @@
 //! A real headless Chromium for tests that look at a page as a person would.
 //!
-//! 1. `CHROMIUM`, when set (`scripts/chromium.sh` installs Debian's package and prints it).
+//! 1. `CHROMIUM`, when set (`scripts/tool.sh chromium` installs Debian's package and prints it).
 //! 2. Otherwise `/usr/bin/chromium`, when it exists.
 //! 3. Otherwise no browser: under `CI=true` the test fails; elsewhere it is skipped with a
 //!    loud message on stderr (as [`super::broker`] does for Kafka).
@@ -42,7 +42,7 @@ pub fn chromium() -> Option<PathBuf> {
             crate::helpers::missing(
                 "Chromium",
                 &why,
-                "Run `scripts/chromium.sh` (or `scripts/test.sh`), or set CHROMIUM.",
+                "Run `scripts/tool.sh chromium` (or `scripts/test.sh`), or set CHROMIUM.",
             );
             None
         }

@@ -1,4 +1,4 @@
-//! A real Jaeger for the trace test: the binary `scripts/go-tool.sh jaeger` builds from Jaeger's Go
+//! A real Jaeger for the trace test: the binary `scripts/tool.sh jaeger` builds from Jaeger's Go
 //! module (`JAEGER`), started on free ports with the repo's `scripts/jaeger/local.yaml`.
 //! Without `JAEGER` the test fails under `CI=true` and is skipped elsewhere, loudly.
 
@@ -99,7 +99,7 @@ pub fn jaeger() -> Option<PathBuf> {
             super::missing(
                 "Jaeger",
                 &why,
-                "Run `scripts/go-tool.sh jaeger` (or `scripts/test.sh`) and export what it prints.",
+                "Run `scripts/tool.sh jaeger` (or `scripts/test.sh`) and export what it prints.",
             );
             None
         }

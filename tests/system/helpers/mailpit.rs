@@ -70,7 +70,7 @@ pub fn mailpit() -> Option<Mailpit> {
         super::missing(
             "Mailpit",
             why,
-            "Run `scripts/test.sh`, or `scripts/mailpit.sh start` and export what it prints.",
+            "Run `scripts/test.sh`, or run `scripts/mailpit.sh run --smtp-port S --http-port H` and set MAILPIT_SMTP=127.0.0.1:S and MAILPIT_HTTP=http://127.0.0.1:H.",
         );
         return None;
     }
