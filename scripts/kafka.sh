@@ -43,17 +43,17 @@ Commands:
 Options of run (environment variable in brackets; an option wins):
   --data-dir D          Config, logs and data [KAFKA_DATA_DIR]; default: a new temp dir
   --node-id N           KRaft node id [KAFKA_NODE_ID]; default 1
-  --port P              Client listener port [KAFKA_PORT]; default: a free port
+  --port P              Client listener port [KAFKA_PORT]; default 9092
   --controller-port P   Controller port [KAFKA_CONTROLLER_PORT]; default: this node's in
-                        --voters, else a free port
+                        --voters, else the client port + 1
   --voters LIST         Controller quorum "1@127.0.0.1:9093,2@127.0.0.1:9094,..."
                         [KAFKA_VOTERS]; default: this node alone. Replication factor
                         min(voters, 3), min ISR 2 with three, else 1.
   --cluster-id ID       Cluster id to format with [KAFKA_CLUSTER_ID]; needed with more than
                         one voter; default for one node: a random one.
   --partitions N        num.partitions [KAFKA_PARTITIONS]; default 3
-A data dir run again keeps its node id, ports, voters and data. Topics are not created
-automatically (auto.create.topics.enable=false).
+A data dir run again keeps its data (run it with the same options). Topics are not
+created automatically (auto.create.topics.enable=false).
 
 Environment: KAFKA_VERSION (default 4.1.1), KAFKA_HEAP_OPTS (default "-Xms256m -Xmx1g"),
 KAFKA_JVM_PERFORMANCE_OPTS, KAFKA_OPTS, FLATPACK_CACHE_DIR, KAFKA_MAVEN_REPO.
@@ -108,9 +108,9 @@ kafka_new_cluster_id() {
 # ---------------------------------------------------------------- run
 
 cmd_run() { # [options]
-  local data_dir="${KAFKA_DATA_DIR:-}" node_id="${KAFKA_NODE_ID:-}" port="${KAFKA_PORT:-}"
+  local data_dir="${KAFKA_DATA_DIR:-}" node_id="${KAFKA_NODE_ID:-1}" port="${KAFKA_PORT:-9092}"
   local cport="${KAFKA_CONTROLLER_PORT:-}" voters="${KAFKA_VOTERS:-}"
-  local cluster_id="${KAFKA_CLUSTER_ID:-}" partitions="${KAFKA_PARTITIONS:-}"
+  local cluster_id="${KAFKA_CLUSTER_ID:-}" partitions="${KAFKA_PARTITIONS:-3}"
   while (($#)); do
     case "$1" in
       --data-dir) fp_need_value "$1" $# "${2-}"; data_dir="$2"; shift 2 ;;
@@ -124,28 +124,17 @@ cmd_run() { # [options]
       *) fp_die "run: unknown option '$1' (see --help)" ;;
     esac
   done
-  [[ -n "$data_dir" ]] || data_dir="$(fp_mktemp_dir flatpack-kafka)"
-  data_dir="$(fp_abs_dir "$data_dir")"
+  data_dir="$(fp_abs_dir "${data_dir:-$(fp_mktemp_dir flatpack-kafka)}")"
   local props="$data_dir/server.properties" log_dirs="$data_dir/kraft-data"
-
-  # Settings of an earlier run on this data dir are the defaults now.
-  local PREV_NODE_ID="" PREV_PORT="" PREV_CONTROLLER_PORT="" PREV_VOTERS="" PREV_PARTITIONS=""
-  fp_read_env_file "$data_dir/flatpack-kafka.env" PREV_
-  node_id="${node_id:-${PREV_NODE_ID:-1}}"
-  port="${port:-$PREV_PORT}"
-  voters="${voters:-$PREV_VOTERS}"
-  partitions="${partitions:-${PREV_PARTITIONS:-3}}"
-  local voters_given="$voters"
   fp_is_uint "$node_id" || fp_die "--node-id must be a number, got '$node_id'"
   if ! fp_is_uint "$partitions" || ((partitions == 0)); then fp_die "--partitions must be a positive number"; fi
 
   # Controller quorum: this node's entry in --voters gives its controller port.
   local -a entries=()
-  local n_voters=1 entry
+  local n_voters=1 entry mine=""
   if [[ -n "$voters" ]]; then
     IFS=',' read -r -a entries <<<"$voters"
     n_voters=${#entries[@]}
-    local mine=""
     for entry in "${entries[@]}"; do
       [[ "$entry" =~ ^([0-9]+)@([^:@,]+):([0-9]+)$ ]] || fp_die "bad --voters entry '$entry' (want ID@HOST:PORT)"
       if ((BASH_REMATCH[1] == node_id)); then mine="${BASH_REMATCH[3]}"; fi
@@ -154,11 +143,8 @@ cmd_run() { # [options]
     [[ -z "$cport" || "$cport" == "$mine" ]] || fp_die "--controller-port $cport is not node $node_id's port $mine in --voters"
     cport="$mine"
   fi
-  cport="${cport:-$PREV_CONTROLLER_PORT}"
-  local -a free
-  mapfile -t free < <(fp_free_ports 2)
-  port="${port:-${free[0]}}" cport="${cport:-${free[1]}}"
   fp_free_port_arg --port "$port"
+  cport="${cport:-$((port + 1))}"
   fp_free_port_arg --controller-port "$cport"
   [[ "$port" != "$cport" ]] || fp_die "client and controller port are both $port"
   [[ -n "$voters" ]] || voters="$node_id@127.0.0.1:$cport"
@@ -201,9 +187,6 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
-  printf 'NODE_ID=%s\nPORT=%s\nCONTROLLER_PORT=%s\nVOTERS=%s\nPARTITIONS=%s\n' \
-    "$node_id" "$port" "$cport" "$voters_given" "$partitions" >"$data_dir/flatpack-kafka.env"
-
   # Format once; a formatted data dir keeps its data across restarts.
   if ((formatted)); then
     local have_id

@@ -67,15 +67,6 @@ for s in socks: s.bind(("127.0.0.1", 0))
 print("\n".join(str(s.getsockname()[1]) for s in socks))' "${1:-1}"
 }
 
-# Read KEY=VALUE lines (no quoting) from a file into variables named <prefix>KEY.
-fp_read_env_file() { # <file> <prefix>
-  local k v
-  [[ -f "$1" ]] || return 0
-  while IFS='=' read -r k v; do
-    [[ "$k" =~ ^[A-Z_][A-Z0-9_]*$ ]] && printf -v "$2$k" '%s' "$v"
-  done <"$1"
-}
-
 # Run "$@" under an exclusive lock on <lockfile> (serialises installs into the cache).
 fp_with_lock() { # <lockfile> <cmd...>
   local lock="$1"

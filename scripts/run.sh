@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # Runs the whole flatpack system on this machine, without Docker: Apache Kafka (from the
-# Maven Central jars), Mailpit, Jaeger (built from its Go module) and every service, as programs of supervisord (PyPI's
-# `supervisor`, installed into a venv in the flatpack cache), which restarts whatever exits,
-# with backoff, and logs that it did. Prints where to look and how to control it, then runs
+# Maven Central jars), Mailpit, Jaeger (built from its Go module) and every service, as the
+# programs of run/supervisord.conf under supervisord (PyPI's `supervisor`, see tool.sh),
+# which restarts whatever exits, with backoff, and logs that it did. Prints where to look and how to control it, then runs
 # until Ctrl-C or a closed terminal, which stop everything cleanly (Ctrl-C twice: at once).
 #
 # Nothing outlives this script: supervisord runs in a session of its own (so that the
@@ -39,7 +39,7 @@ fp_need_cmd python3 setpriv setsid
 state=$(fp_abs_dir "${FLATPACK_STATE_DIR:-$root/.flatpack}")
 logs="$state/logs"
 mkdir -p "$logs"
-conf="$state/supervisord.conf"
+conf="$here/run/supervisord.conf"
 ctl="$state/supervisorctl"
 kafka_port=${KAFKA_PORT:-9092}
 smtp_port=${MAILPIT_SMTP_PORT:-1025}
@@ -62,7 +62,7 @@ export FLATPACK_STORE_DIR=${FLATPACK_STORE_DIR:-$state/stores}
 
 [[ ! -S "$state/supervisor.sock" ]] || ! "$ctl" pid >/dev/null 2>&1 ||
   fp_die "flatpack already runs from $state; control it with $ctl"
-for port in "$kafka_port" "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" \
+for port in "$kafka_port" $((kafka_port + 1)) "$smtp_port" "$mailpit_http_port" "${ORDERS_HTTP_ADDR##*:}" \
   "${DASHBOARD_HTTP_ADDR##*:}" "${TRANSACTIONS_OPS_ADDR##*:}" "${ANALYTICS_OPS_ADDR##*:}" \
   "${EMAIL_OPS_ADDR##*:}" "${JAEGER_UI_ADDR##*:}" "${JAEGER_OTLP_HTTP_ADDR##*:}" \
   "${JAEGER_QUERY_GRPC_ADDR##*:}"; do
@@ -92,61 +92,11 @@ fp_export_lines "$("$here/tool.sh" supervisord jaeger)"
 "$here/kafka.sh" fetch
 "$here/mailpit.sh" fetch
 
-# Every program gets SIGKILL when supervisord dies, whatever killed it.
-die_with_parent=(setpriv --pdeathsig KILL --)
-program() { # <name> <priority> <stop-seconds> <command...>
-  cat <<EOF
-
-[program:$1]
-command=${die_with_parent[*]} ${*:4}
-priority=$2
-stopwaitsecs=$3
-stopasgroup=true
-killasgroup=true
-autorestart=true
-startsecs=5
-startretries=100
-redirect_stderr=true
-stdout_logfile=$logs/$1.log
-stdout_logfile_backups=2
-EOF
-}
-{
-  cat <<EOF
-; Written by scripts/run.sh at each start; edits are overwritten.
-; Backoff: a program that exits within startsecs is started again after 1, 2, 3, ... s,
-; up to startretries times; one that ran longer is started again at once.
-[supervisord]
-nodaemon=true
-silent=true
-logfile=$logs/supervisord.log
-pidfile=$state/supervisord.pid
-childlogdir=$logs
-directory=$root
-
-[unix_http_server]
-file=$state/supervisor.sock
-chmod=0700
-
-[rpcinterface:supervisor]
-supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
-
-[supervisorctl]
-serverurl=unix://$state/supervisor.sock
-
-[group:services]
-programs=$(IFS=,; echo "${services[*]}")
-priority=100
-EOF
-  program kafka 10 "${KAFKA_STOP_TIMEOUT:-30}" "$(printf '%q ' "$here/kafka.sh" run --data-dir "$state/kafka" --port "$kafka_port")"
-  program mailpit 20 10 "$(printf '%q ' "$here/mailpit.sh" run --data-dir "$state/mailpit" --smtp-port "$smtp_port" --http-port "$mailpit_http_port")"
-  program jaeger 20 10 "$(printf '%q ' "$JAEGER" --config "$here/jaeger/local.yaml")"
-  for service in "${services[@]}"; do
-    program "$service" 100 30 "$(printf '%q' "$bin_dir/$service")"
-  done
-} >"$conf"
-printf '#!/bin/sh\n# supervisorctl for the flatpack run from %s\nexec %q -c %q "$@"\n' \
-  "$state" "${SUPERVISORD%/*}/supervisorctl" "$conf" >"$ctl"
+# Every %(ENV_...)s of supervisord.conf.
+export FLATPACK_ROOT="$root" FLATPACK_STATE_DIR="$state" FLATPACK_BIN_DIR="$bin_dir" KAFKA_PORT="$kafka_port"
+export MAILPIT_SMTP_PORT="$smtp_port" MAILPIT_HTTP_PORT="$mailpit_http_port" KAFKA_STOP_TIMEOUT="${KAFKA_STOP_TIMEOUT:-30}"
+printf '#!/bin/sh\n# supervisorctl for the flatpack run from %s\nexec %q -s %q "$@"\n' \
+  "$state" "${SUPERVISORD%/*}/supervisorctl" "unix://$state/supervisor.sock" >"$ctl"
 chmod +x "$ctl"
 
 # ---------------------------------------------------------------- run
@@ -176,9 +126,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 : >>"$logs/supervisord.log"
-"${die_with_parent[@]}" tail -n 0 -F "$logs/supervisord.log" &
+setpriv --pdeathsig KILL -- tail -n 0 -F "$logs/supervisord.log" &
 tail_pid=$!
-setsid "${die_with_parent[@]}" "$SUPERVISORD" -c "$conf" </dev/null &
+# Its programs get SIGKILL when it dies, and it when this script dies, whatever killed it.
+setsid setpriv --pdeathsig KILL -- "$SUPERVISORD" -c "$conf" </dev/null &
 supervisor_pid=$!
 
 for ((i = 0; i < 480; i++)); do

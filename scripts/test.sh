@@ -79,11 +79,12 @@ mailpit_ready() { fp_port_open "$1" && fp_http_ok "http://127.0.0.1:$2/livez"; }
 if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   step "starting Apache Kafka from the Maven Central jars"
   "$here/kafka.sh" fetch
-  port=$(fp_free_ports 1)
-  fp_spawn "$work/kafka.out" "$here/kafka.sh" run --data-dir "$work/kafka" --port "$port"
+  mapfile -t ports < <(fp_free_ports 2)
+  fp_spawn "$work/kafka.out" "$here/kafka.sh" run --data-dir "$work/kafka" \
+    --port "${ports[0]}" --controller-port "${ports[1]}"
   started+=("$FP_PID")
-  fp_await "$FP_PID" 120 "Kafka broker on port $port" "$work/kafka.out" kafka_ready "$port"
-  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$port"
+  fp_await "$FP_PID" 120 "Kafka broker on port ${ports[0]}" "$work/kafka.out" kafka_ready "${ports[0]}"
+  export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${ports[0]}"
 fi
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS" >&2
 

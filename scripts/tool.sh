@@ -94,6 +94,7 @@ smtp_sink_install() { # <dir>
   for pkg in "$work"/*.deb; do dpkg-deb -x "$pkg" "$dir/root"; done
   rm -rf -- "$work"
   cat >"$dir/smtp-sink" <<EOF
+#!/bin/sh
 root="$dir/root"
 LD_LIBRARY_PATH="\$root/usr/lib/postfix:\$root/usr/lib/x86_64-linux-gnu:\$root/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" \\
   exec "\$root/usr/sbin/smtp-sink" "\$@"

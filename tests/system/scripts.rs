@@ -46,12 +46,14 @@ fn a_broker_a_script_spawned_is_stopped_when_the_script_is_killed() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let marker = data_dir.to_string_lossy().into_owned();
     // The script spawns the broker, then waits as `sleep` (exec: the same process).
+    let [port, controller_port] = free_ports();
     let mut starter = Command::new("bash")
         .arg("-c")
-        .arg(r#"source "$1/lib.sh"; fp_spawn "$2/kafka.out" "$1/kafka.sh" run --data-dir "$2"; exec sleep 600"#)
+        .arg(r#"source "$1/lib.sh"; fp_spawn "$2/kafka.out" "$1/kafka.sh" run --data-dir "$2" --port "$3" --controller-port "$4"; exec sleep 600"#)
         .arg("starter")
         .arg(script(""))
         .arg(&data_dir)
+        .args([port.to_string(), controller_port.to_string()])
         .spawn()
         .unwrap();
     let started = Instant::now();
