@@ -9,12 +9,24 @@ import statistics
 import sys
 
 
+# loadgen's names for a step's rate before every report shared `seconds` and `per_second`:
+# outputs written then read as well.
+RENAMED = {"post_seconds": "seconds", "throughput": "per_second",
+           "messages_per_second": "per_second", "emails_per_second": "per_second",
+           "orders_per_second": "per_second"}
+
+
 def load(out, step):
     try:
         with open(os.path.join(out, step + ".json")) as f:
-            return json.load(f)
+            report = json.load(f)
     except (OSError, ValueError):
         return None
+    if isinstance(report, dict):
+        for old, new in RENAMED.items():
+            if old in report and new not in report:
+                report[new] = report.pop(old)
+    return report
 
 
 def get(d, *path):
@@ -51,10 +63,10 @@ def seconds_between(start, end):
     return (parse(end) - parse(start)).total_seconds()
 
 
-def steady(report, field):
+def steady(report):
     """A throughput step's rate over its steady window (10 % to 90 % of what it did), or,
-    for a run without one, `field`, its rate over the whole run."""
-    return get(report, "steady", "per_second") or get(report, field)
+    for a run without one, its rate over the whole run (`per_second`)."""
+    return get(report, "steady", "per_second") or get(report, "per_second")
 
 
 def window(report):
@@ -122,7 +134,7 @@ def main():
 
     seed_runs = [(name, r) for name, r in (("app.run", flask), ("gunicorn", gunicorn)) if r]
     seed_best_name, seed_best = max(
-        seed_runs, key=lambda nr: steady(nr[1], "throughput") or 0, default=(None, None)
+        seed_runs, key=lambda nr: steady(nr[1]) or 0, default=(None, None)
     )
 
     # The e-mail stage's rate in the max run: accepted orders over the time from the first
@@ -131,7 +143,7 @@ def main():
     email_stage = stage(fmax, "order_email_sent")
     email_rate = None
     if fmax and email_stage and email_stage.get("seen"):
-        span = fmax["post_seconds"] + email_stage["latency"]["max_ms"] / 1000.0
+        span = fmax["seconds"] + email_stage["latency"]["max_ms"] / 1000.0
         email_rate = email_stage["seen"] / span if span > 0 else None
 
     rows = []
@@ -139,35 +151,35 @@ def main():
     def row(step, figure, value, note=""):
         rows.append((step, figure, value, note))
 
-    row("raw broker", "produce, msg/s", fmt(steady(raw, "messages_per_second")),
+    row("raw broker", "produce, msg/s", fmt(steady(raw)),
         f"{window(raw)}; {get(raw, 'message_bytes')} B/msg, idempotent acks=all" if raw else "missing")
-    row("raw exactly-once copy", "records/s", fmt(steady(eos_copy, "messages_per_second")),
+    row("raw exactly-once copy", "records/s", fmt(steady(eos_copy)),
         (f"{window(eos_copy)}; transactions of ≤ {get(eos_copy, 'max_batch')}"
          + ("" if get(eos_copy, "complete") else ", INCOMPLETE")) if eos_copy else "missing")
     for name, r in (("smtp-sink", sink), ("Mailpit", mailpit)):
-        row(name, "accepted e-mails/s", fmt(steady(r, "emails_per_second")),
+        row(name, "accepted e-mails/s", fmt(steady(r)),
             f"{window(r)}; {get(r, 'concurrency')} SMTP connections" if r else "missing")
     for name, r in (("seed ingest (app.run)", flask), ("seed ingest (gunicorn)", gunicorn)):
-        row(name, "orders/s", fmt(steady(r, "throughput")),
+        row(name, "orders/s", fmt(steady(r)),
             f"{window(r)}; p99 POST {fmt(get(r, 'post_latency', 'p99_ms'), 1, ' ms')}"
             + ("" if clean(r) else ", ERRORS"))
-    row("seed pipeline", "orders/s to analytics_result", fmt(steady(seed_pipe, "orders_per_second")),
+    row("seed pipeline", "orders/s to analytics_result", fmt(steady(seed_pipe)),
         window(seed_pipe) + ("" if get(seed_pipe, "complete") else ", INCOMPLETE"))
-    row("flatpack ingest", "orders/s", fmt(steady(ingest, "throughput")),
+    row("flatpack ingest", "orders/s", fmt(steady(ingest)),
         f"{window(ingest)}; p99 POST {fmt(get(ingest, 'post_latency', 'p99_ms'), 1, ' ms')}"
         + ("" if clean(ingest) else ", ERRORS"))
-    row("flatpack pipeline", "orders/s to analytics_result", fmt(steady(pipe, "orders_per_second")),
+    row("flatpack pipeline", "orders/s to analytics_result", fmt(steady(pipe)),
         f"{window(pipe)}; exactly-once; " + ("exact" if get(pipe, "complete") else "INCOMPLETE"))
     for name, r in (("flatpack e-mail stage", femail), ("  the same, Mailpit", femail_mailpit)):
-        row(name, "e-mails/s to order_email_sent", fmt(steady(r, "emails_per_second")),
+        row(name, "e-mails/s to order_email_sent", fmt(steady(r)),
             f"{window(r)}; alone, decisions fed" + ("" if get(r, "complete") else "; INCOMPLETE"))
-    row("flatpack max", "orders/s POSTed", fmt(steady(fmax, "throughput")),
+    row("flatpack max", "orders/s POSTed", fmt(steady(fmax)),
         f"{window(fmax)}; {verdict(fmax)}")
     row("flatpack max", "e-mail stage, e-mails/s", fmt(email_rate), "lower bound, whole system busy")
     rate = f"flatpack {fmt(machine.get('rate'))}/s"
     for label, r in (("flatpack max", fmax), (rate, frate), ("  the same, Mailpit", frate_mailpit)):
         if label != "flatpack max":
-            row(label, "orders/s POSTed", fmt(get(r, "throughput")), verdict(r))
+            row(label, "orders/s POSTed", fmt(get(r, "per_second")), verdict(r))
         row(label, "p99 POST", fmt(get(r, "post_latency", "p99_ms"), 1, " ms"), "target ≤ 20 ms at 1,000/s")
         row(label, "p99 POST→order_confirmed",
             fmt(get(stage(r, "order_confirmed"), "latency", "p99_ms"), 1, " ms"), "target ≤ 100 ms at 1,000/s")
@@ -178,7 +190,7 @@ def main():
     # leaving halfway; its latencies beside the one-instance run's, and how long the leavers'
     # partitions waited for an instance staying.
     scale = f"flatpack {fmt(machine.get('rate'))}/s, 2 + 2 instances"
-    row(scale, "orders/s POSTed", fmt(get(fscale, "throughput")), verdict(fscale))
+    row(scale, "orders/s POSTed", fmt(get(fscale, "per_second")), verdict(fscale))
     for topic in ("order_confirmed", "order_email_sent"):
         for pct in ("p99_ms", "max_ms"):
             row(scale, f"{pct[:-3]} POST→{topic}",
@@ -190,13 +202,13 @@ def main():
             f"one instance left after {leave.get('left_after_s', '?')} s" if leave else "missing")
 
     ratios = {
-        "flatpack/seed ingest": (ratio(steady(ingest, "throughput"), steady(seed_best, "throughput")), "≥ 20"),
-        "flatpack/seed pipeline": (ratio(steady(pipe, "orders_per_second"), steady(seed_pipe, "orders_per_second")), "≥ 10"),
-        "ingest/raw broker": (ratio(steady(ingest, "throughput"), steady(raw, "messages_per_second")), "—"),
-        "pipeline/raw exactly-once copy": (ratio(steady(pipe, "orders_per_second"), steady(eos_copy, "messages_per_second")), "≥ 0.5"),
-        "e-mail stage/smtp-sink limit": (ratio(steady(femail, "emails_per_second"), steady(sink, "emails_per_second")), "≥ 0.8"),
-        "e-mail stage/Mailpit limit": (ratio(steady(femail_mailpit, "emails_per_second"), steady(mailpit, "emails_per_second")), "≥ 0.8"),
-        "e-mail stage in max run/smtp-sink limit": (ratio(email_rate, steady(sink, "emails_per_second")), "—"),
+        "flatpack/seed ingest": (ratio(steady(ingest), steady(seed_best)), "≥ 20"),
+        "flatpack/seed pipeline": (ratio(steady(pipe), steady(seed_pipe)), "≥ 10"),
+        "ingest/raw broker": (ratio(steady(ingest), steady(raw)), "—"),
+        "pipeline/raw exactly-once copy": (ratio(steady(pipe), steady(eos_copy)), "≥ 0.5"),
+        "e-mail stage/smtp-sink limit": (ratio(steady(femail), steady(sink)), "≥ 0.8"),
+        "e-mail stage/Mailpit limit": (ratio(steady(femail_mailpit), steady(mailpit)), "≥ 0.8"),
+        "e-mail stage in max run/smtp-sink limit": (ratio(email_rate, steady(sink)), "—"),
     }
 
     # The memory step's services hold a far larger state: they are shown apart.
@@ -382,7 +394,7 @@ def main():
         "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
         "ratios": {k: v[0] for k, v in ratios.items()},
         "seed_best_ingest": seed_best_name,
-        "email_stage_per_second": get(femail, "emails_per_second"),
+        "email_stage_per_second": get(femail, "per_second"),
         "email_stage_in_max_run_per_second": email_rate,
         "services": per_service,
         "cpu": cpu,

@@ -154,7 +154,7 @@ async fn email_stage_times_every_decision_to_its_record_and_fails_without_an_ema
     assert!(report.complete, "{}", report.summary());
     assert_eq!(report.seen, 50);
     assert_eq!(report.failed, 0);
-    assert!(report.emails_per_second > 0.0, "{}", report.summary());
+    assert!(report.rate.per_second > 0.0, "{}", report.summary());
     assert!(report.summary().contains("50 of 50 seen (complete)"));
     email.stop().await.unwrap();
     env.cleanup().await;
@@ -242,7 +242,7 @@ async fn a_steady_run_is_sized_by_its_probe_and_reports_the_rate_over_its_middle
     // thousands.
     let expected = (probe.per_second * 2.0 * 1.25 / 0.8 / 1000.0).ceil() as u64 * 1000;
     assert_eq!((probe.sized, report.messages), (expected, expected));
-    let steady = report.steady.as_ref().expect("a steady window");
+    let steady = report.rate.steady.as_ref().expect("a steady window");
     let share = steady.items as f64 / report.messages as f64;
     assert!(
         (0.7..=0.9).contains(&share),
@@ -251,8 +251,8 @@ async fn a_steady_run_is_sized_by_its_probe_and_reports_the_rate_over_its_middle
     );
     assert!(steady.to_seconds > steady.from_seconds, "{steady:?}");
     assert!(
-        steady.to_seconds <= report.seconds + 0.1,
+        steady.to_seconds <= report.rate.seconds + 0.1,
         "{steady:?} in {} s",
-        report.seconds
+        report.rate.seconds
     );
 }

@@ -30,7 +30,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::Latency;
-use crate::steady::{self, Measurement, Steady};
+use crate::steady::{self, Measurement, Rate};
 
 /// How long one write may wait for the broker's acknowledgement.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -105,21 +105,16 @@ pub struct ProduceReport {
     /// The size of one record's value: one order as the orders service writes it.
     pub message_bytes: usize,
     pub in_flight: usize,
-    pub seconds: f64,
-    /// Acknowledged messages per second.
-    pub messages_per_second: f64,
+    /// Acknowledged messages per second, from the first write (after a warm-up message) to
+    /// the last acknowledgement.
+    #[serde(flatten)]
+    pub rate: Rate,
     pub megabytes_per_second: f64,
-    /// Acknowledged messages per second in the middle of the run.
-    pub steady: Option<Steady>,
 }
 
 impl Measurement for ProduceReport {
-    fn per_second(&self) -> f64 {
-        self.messages_per_second
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -128,9 +123,9 @@ impl Measurement for ProduceReport {
             self.messages,
             self.message_bytes,
             self.topic,
-            self.seconds,
-            self.messages_per_second,
-            steady::describe(self.steady.as_ref()),
+            self.rate.seconds,
+            self.rate.per_second,
+            self.rate.describe_steady(),
             self.megabytes_per_second,
             self.failed
         )
@@ -179,10 +174,8 @@ pub async fn produce(
         failed,
         message_bytes,
         in_flight,
-        seconds,
-        messages_per_second: acked as f64 / seconds,
+        rate: Rate::of(acked, seconds, &timeline),
         megabytes_per_second: (acked as f64 * message_bytes as f64) / seconds / 1e6,
-        steady: timeline.steady(),
     })
 }
 
@@ -196,22 +189,17 @@ pub struct SmtpReport {
     /// Refused for good, or not sent at all.
     pub failed: u64,
     pub concurrency: usize,
-    pub seconds: f64,
-    /// Accepted e-mails per second.
-    pub emails_per_second: f64,
+    /// Accepted e-mails per second, from the first e-mail sent (after one per connection as
+    /// a warm-up) to the last answer.
+    #[serde(flatten)]
+    pub rate: Rate,
     /// One e-mail, from the first SMTP command to the server's acceptance.
     pub latency: Latency,
-    /// Accepted e-mails per second in the middle of the run.
-    pub steady: Option<Steady>,
 }
 
 impl Measurement for SmtpReport {
-    fn per_second(&self) -> f64 {
-        self.emails_per_second
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -220,10 +208,10 @@ impl Measurement for SmtpReport {
             self.sent,
             self.emails,
             self.smtp,
-            self.seconds,
+            self.rate.seconds,
             self.concurrency,
-            self.emails_per_second,
-            steady::describe(self.steady.as_ref()),
+            self.rate.per_second,
+            self.rate.describe_steady(),
             self.latency.p99_ms
         )
     }
@@ -307,10 +295,8 @@ pub async fn smtp(
         sent,
         failed: emails - sent,
         concurrency: concurrency.max(1),
-        seconds,
-        emails_per_second: sent as f64 / seconds,
+        rate: Rate::of(sent, seconds, &timeline),
         latency: Latency::of(&histogram),
-        steady: timeline.steady(),
     })
 }
 
@@ -353,23 +339,17 @@ pub struct FeedReport {
     pub count_after: u64,
     /// From the first order written to the last acknowledged.
     pub write_seconds: f64,
-    /// From the first order written to the totals counting all of them.
-    pub seconds: f64,
-    /// Orders per second through the pipeline (`orders / seconds`), when complete.
-    pub orders_per_second: f64,
+    /// Orders per second through the pipeline, from the first order written to the totals
+    /// counting all of them (`orders / seconds`; 0 when they never did).
+    #[serde(flatten)]
+    pub rate: Rate,
     /// Every order was counted exactly once (the totals grew by exactly `orders`).
     pub complete: bool,
-    /// Orders counted per second in the middle of the run.
-    pub steady: Option<Steady>,
 }
 
 impl Measurement for FeedReport {
-    fn per_second(&self) -> f64 {
-        self.orders_per_second
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -379,9 +359,9 @@ impl Measurement for FeedReport {
             self.order_details,
             self.write_seconds,
             self.analytics_result,
-            self.seconds,
-            self.orders_per_second,
-            steady::describe(self.steady.as_ref()),
+            self.rate.seconds,
+            self.rate.per_second,
+            self.rate.describe_steady(),
             self.count_before,
             self.count_after,
             if self.complete { "exact" } else { "INCOMPLETE" }
@@ -524,14 +504,8 @@ pub async fn feed(
             count_before,
             count_after,
             write_seconds,
-            seconds,
-            orders_per_second: if reached.is_some() {
-                orders as f64 / seconds
-            } else {
-                0.0
-            },
+            rate: Rate::of(reached.map_or(0, |_| orders), seconds, &timeline),
             complete,
-            steady: timeline.steady(),
         })
     }
     .await;
@@ -552,23 +526,17 @@ pub struct EmailStageReport {
     pub seen: u64,
     /// From the first decision written to the last acknowledged.
     pub write_seconds: f64,
-    /// From the first decision written to the last of them on `order_email_sent`.
-    pub seconds: f64,
-    /// E-mails per second through the stage (`emails / seconds`), when complete.
-    pub emails_per_second: f64,
+    /// E-mails per second through the stage, from the first decision written to the last
+    /// of them on `order_email_sent` (`emails / seconds`; 0 unless complete).
+    #[serde(flatten)]
+    pub rate: Rate,
     /// Every decision got its `order_email_sent` record.
     pub complete: bool,
-    /// E-mails per second in the middle of the run.
-    pub steady: Option<Steady>,
 }
 
 impl Measurement for EmailStageReport {
-    fn per_second(&self) -> f64 {
-        self.emails_per_second
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -578,9 +546,9 @@ impl Measurement for EmailStageReport {
             self.order_confirmed,
             self.write_seconds,
             self.order_email_sent,
-            self.seconds,
-            self.emails_per_second,
-            steady::describe(self.steady.as_ref()),
+            self.rate.seconds,
+            self.rate.per_second,
+            self.rate.describe_steady(),
             self.seen,
             self.emails,
             if self.complete {
@@ -712,14 +680,8 @@ pub async fn email_stage(
             warmup,
             seen: total.saturating_sub(warmup),
             write_seconds,
-            seconds,
-            emails_per_second: if complete {
-                emails as f64 / seconds
-            } else {
-                0.0
-            },
+            rate: Rate::of(if complete { emails } else { 0 }, seconds, &timeline),
             complete,
-            steady: timeline.steady(),
         })
     }
     .await;
@@ -764,6 +726,34 @@ mod tests {
             "{}",
             rendered.subject
         );
+    }
+
+    #[test]
+    fn a_report_writes_its_rate_at_the_top_level_of_its_json_beside_its_probe() {
+        // bench/report.py reads `per_second`, `seconds` and `steady` of every step's JSON.
+        let report = ProduceReport {
+            topic: "order_details".into(),
+            messages: 1_000,
+            failed: 0,
+            message_bytes: 200,
+            in_flight: 100,
+            rate: Rate {
+                seconds: 2.0,
+                per_second: 500.0,
+                steady: None,
+            },
+            megabytes_per_second: 0.1,
+        };
+        let sized = steady::Sized {
+            report,
+            probe: None,
+        };
+        let json = serde_json::to_value(&sized).unwrap();
+        assert_eq!(json["seconds"], serde_json::json!(2.0));
+        assert_eq!(json["per_second"], serde_json::json!(500.0));
+        assert_eq!(json["steady"], serde_json::Value::Null);
+        assert_eq!(json["messages"], serde_json::json!(1_000));
+        assert_eq!(json.get("rate"), None);
     }
 
     #[test]

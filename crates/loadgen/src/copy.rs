@@ -20,7 +20,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use crate::steady::{self, Measurement, Steady};
+use crate::steady::{self, Measurement, Rate};
 
 /// How long one transactional call may take.
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -37,22 +37,16 @@ pub struct CopyReport {
     pub copied: u64,
     pub max_batch: usize,
     pub transactions: u64,
-    /// From the first record read to the last commit.
-    pub seconds: f64,
-    pub messages_per_second: f64,
+    /// Records copied per second, from the first record read to the last commit.
+    #[serde(flatten)]
+    pub rate: Rate,
     /// Every record copied, none twice: the destination holds exactly `messages` records.
     pub complete: bool,
-    /// Records copied per second in the middle of the copy.
-    pub steady: Option<Steady>,
 }
 
 impl Measurement for CopyReport {
-    fn per_second(&self) -> f64 {
-        self.messages_per_second
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -64,9 +58,9 @@ impl Measurement for CopyReport {
             self.destination,
             self.transactions,
             self.max_batch,
-            self.seconds,
-            self.messages_per_second,
-            steady::describe(self.steady.as_ref()),
+            self.rate.seconds,
+            self.rate.per_second,
+            self.rate.describe_steady(),
             if self.complete { "exact" } else { "INCOMPLETE" }
         )
     }
@@ -130,10 +124,8 @@ pub async fn eos_copy(
         copied,
         max_batch,
         transactions,
-        seconds,
-        messages_per_second: copied as f64 / seconds.max(f64::EPSILON),
+        rate: Rate::of(copied, seconds, &timeline),
         complete: copied == messages && in_destination == messages,
-        steady: timeline.steady(),
     })
 }
 

@@ -26,7 +26,7 @@ use serde::Serialize;
 use analytics::totals::Totals;
 
 use crate::follow::{Seen, follow};
-use crate::steady::{Measurement, Steady};
+use crate::steady::{Measurement, Rate};
 
 /// A downstream topic the orders are followed to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -125,14 +125,12 @@ pub struct Report {
     pub accepted: u64,
     /// Failed POSTs by status code (or `"connection"`).
     pub errors: BTreeMap<String, u64>,
-    pub post_seconds: f64,
-    /// Accepted orders per second while posting.
-    pub throughput: f64,
+    /// Accepted orders per second, from the first POST to the last answer.
+    #[serde(flatten)]
+    pub rate: Rate,
     pub post_latency: Latency,
     pub stages: Vec<StageReport>,
     pub analytics: Option<AnalyticsCheck>,
-    /// Accepted orders per second in the middle of the posting.
-    pub steady: Option<Steady>,
 }
 
 impl Report {
@@ -148,12 +146,8 @@ impl Report {
 }
 
 impl Measurement for Report {
-    fn per_second(&self) -> f64 {
-        self.throughput
-    }
-
-    fn steady(&self) -> Option<&Steady> {
-        self.steady.as_ref()
+    fn rate(&self) -> &Rate {
+        &self.rate
     }
 
     fn summary(&self) -> String {
@@ -162,9 +156,9 @@ impl Measurement for Report {
             self.run_id,
             self.posted,
             self.accepted,
-            self.post_seconds,
-            self.throughput,
-            steady::describe(self.steady.as_ref())
+            self.rate.seconds,
+            self.rate.per_second,
+            self.rate.describe_steady()
         );
         let line = |name: &str, l: &Latency| {
             format!(
@@ -284,12 +278,10 @@ pub async fn run(config: &Config, kafka: &KafkaSettings) -> anyhow::Result<Repor
         posted: config.orders,
         accepted,
         errors: posting.errors,
-        post_seconds: posting.elapsed.as_secs_f64(),
-        throughput: accepted as f64 / posting.elapsed.as_secs_f64().max(f64::EPSILON),
+        rate: Rate::of(accepted, posting.elapsed.as_secs_f64(), &timeline),
         post_latency: Latency::of(&posting.latency),
         stages,
         analytics,
-        steady: timeline.steady(),
     })
 }
 

@@ -107,27 +107,57 @@ pub async fn sampled<T>(
     (output, Timeline::new(samples))
 }
 
-/// What every measurement reports.
-pub trait Measurement {
-    /// Items per second, over the whole run; 0 when it did not finish.
-    fn per_second(&self) -> f64;
+/// How fast a measurement went, in the items it counts (acknowledged messages, accepted
+/// e-mails, orders counted...): every report carries one, flattened into its JSON as
+/// `seconds`, `per_second` and `steady`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Rate {
+    /// How long the measured run lasted; each report says from when to when.
+    pub seconds: f64,
+    /// Items per second over `seconds`; 0 when the run did not finish.
+    pub per_second: f64,
     /// The rate over the middle of the run, if it lasted long enough to have one.
-    fn steady(&self) -> Option<&Steady>;
-    /// One or two lines for a human.
-    fn summary(&self) -> String;
+    pub steady: Option<Steady>,
 }
 
-/// "steady 1,234/s from 3.1 s to 33.4 s", for a summary.
-pub fn describe(steady: Option<&Steady>) -> String {
-    steady.map_or_else(
-        || "no steady window".to_owned(),
-        |s| {
-            format!(
-                "steady {:.0}/s from {:.1} s to {:.1} s",
-                s.per_second, s.from_seconds, s.to_seconds
-            )
-        },
-    )
+impl Rate {
+    /// `items` done in `seconds` (0 items for a run that did not finish), with the steady
+    /// window of `timeline`.
+    pub fn of(items: u64, seconds: f64, timeline: &Timeline) -> Self {
+        Self {
+            seconds,
+            per_second: items as f64 / seconds.max(f64::EPSILON),
+            steady: timeline.steady(),
+        }
+    }
+
+    /// The steady rate, or the whole run's for a run without a steady window.
+    pub fn steady_or_whole(&self) -> f64 {
+        self.steady
+            .as_ref()
+            .map_or(self.per_second, |s| s.per_second)
+    }
+
+    /// "steady 1,234/s from 3.1 s to 33.4 s", for a summary.
+    pub fn describe_steady(&self) -> String {
+        self.steady.as_ref().map_or_else(
+            || "no steady window".to_owned(),
+            |s| {
+                format!(
+                    "steady {:.0}/s from {:.1} s to {:.1} s",
+                    s.per_second, s.from_seconds, s.to_seconds
+                )
+            },
+        )
+    }
+}
+
+/// What every measurement reports.
+pub trait Measurement {
+    /// How fast it went.
+    fn rate(&self) -> &Rate;
+    /// One or two lines for a human.
+    fn summary(&self) -> String;
 }
 
 /// How a measurement is sized.
@@ -182,14 +212,14 @@ where
     let per_second = loop {
         let probe = measure(size).await?;
         eprint!("probe: {}", probe.summary());
-        let per_second = probe.per_second();
+        let per_second = probe.rate().per_second;
         probed += size;
         anyhow::ensure!(
             per_second > 0.0,
             "a probe of {size} items did not finish; see its summary above"
         );
         if size as f64 / per_second >= PROBE_SECONDS || size >= PROBE_MOST {
-            break probe.steady().map_or(per_second, |s| s.per_second);
+            break probe.rate().steady_or_whole();
         }
         size *= 4;
     };
@@ -261,15 +291,25 @@ mod tests {
         assert!(timeline.samples.windows(2).all(|w| w[0] <= w[1]));
     }
 
-    /// A run of `.0` items at `.1` per second, with the steady window `.2`.
-    struct Fixed(u64, f64, Option<Steady>);
-    impl Measurement for Fixed {
-        fn per_second(&self) -> f64 {
-            self.1
+    /// A run of `.0` items at the rate `.1`.
+    struct Fixed(u64, Rate);
+    impl Fixed {
+        /// `items` at `per_second`, with the steady window `steady`.
+        fn new(items: u64, per_second: f64, steady: Option<Steady>) -> Self {
+            let seconds = items as f64 / per_second;
+            Self(
+                items,
+                Rate {
+                    seconds,
+                    per_second,
+                    steady,
+                },
+            )
         }
-
-        fn steady(&self) -> Option<&Steady> {
-            self.2.as_ref()
+    }
+    impl Measurement for Fixed {
+        fn rate(&self) -> &Rate {
+            &self.1
         }
 
         fn summary(&self) -> String {
@@ -296,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_probe_grows_until_it_lasts_two_seconds_and_sizes_the_run() {
-        let (runs, sized) = sized_for_30_s(|items| Fixed(items, 5_000.0, None)).await;
+        let (runs, sized) = sized_for_30_s(|items| Fixed::new(items, 5_000.0, None)).await;
         // 1,000 and 4,000 items at 5,000/s last under 2 s; 16,000 last 3.2 s; 30 s of steady
         // window at 5,000/s is 150,000 items, the whole run 187,500, with the margin 234,375.
         assert_eq!(runs, [1_000, 4_000, 16_000, 235_000]);
@@ -316,11 +356,9 @@ mod tests {
         let no_steady = Sizing {
             steady_seconds: None,
         };
-        let sized = sized(
-            no_steady,
-            7,
-            |items| async move { Ok(Fixed(items, 1.0, None)) },
-        )
+        let sized = sized(no_steady, 7, |items| async move {
+            Ok(Fixed::new(items, 1.0, None))
+        })
         .await
         .unwrap();
         assert_eq!(sized.report.0, 7);
@@ -334,7 +372,7 @@ mod tests {
                 steady_seconds: Some(30),
             },
             7,
-            |items| async move { Ok(Fixed(items, 0.0, None)) },
+            |items| async move { Ok(Fixed::new(items, 0.0, None)) },
         )
         .await
         .err()
@@ -352,7 +390,7 @@ mod tests {
         };
         // A slow start: 2,500/s over the whole run, 4,000/s over its middle.
         let (runs, sized) =
-            sized_for_30_s(|items| Fixed(items, 2_500.0, Some(steady.clone()))).await;
+            sized_for_30_s(|items| Fixed::new(items, 2_500.0, Some(steady.clone()))).await;
         // 1,000 and 4,000 items at 2,500/s last under 2 s, 16,000 6.4 s; 30 s of steady window
         // at the steady 4,000/s (not the 2,500/s of the whole probe) with the 20 % around it
         // and the margin: 187,500.
