@@ -410,13 +410,8 @@ pub async fn feed(
     let order_details = topics.name(Topic::OrderDetails);
     let analytics_result = topics.name(Topic::AnalyticsResult);
     let consumer = crate::follow::consumer_at_end(kafka_settings, &analytics_result)?;
-    let latest = Arc::new(AtomicU64::new(0));
-    let watcher = Follower::start(consumer, &analytics_result, {
-        let latest = latest.clone();
-        move |message, count: &mut Count| {
-            count.observe(message);
-            latest.store(count.value.unwrap_or(0), Ordering::Relaxed);
-        }
+    let watcher = Follower::start(consumer, &analytics_result, |message, count: &mut Count| {
+        count.observe(message);
     });
     let current = || watcher.with(|count| (count.value, count.changed));
     let producer = kafka::producer(kafka_settings, "loadgen-feed", DELIVERY_TIMEOUT)?;
@@ -459,7 +454,11 @@ pub async fn feed(
         let target = count_before + orders;
 
         let started = Instant::now();
-        let counted = move || latest.load(Ordering::Relaxed).saturating_sub(count_before);
+        let latest = watcher.watch();
+        let counted = move || {
+            let count = latest.with(|count| count.value.unwrap_or(0));
+            count.saturating_sub(count_before)
+        };
         let ((failed, write_seconds, reached), timeline) = steady::sampled(counted, async {
             let written = (run_id.as_str(), 1, orders);
             let acked = AtomicU64::new(0);
@@ -597,14 +596,13 @@ pub async fn email_stage(
     let consumer = crate::follow::consumer_at_end(kafka_settings, &order_email_sent)?;
     let run_id = format!("mail-{:08x}", rand::random::<u32>());
     let prefix = run_id.clone();
-    let emailed = Arc::new(AtomicU64::new(0));
-    let watcher = Follower::start(consumer, &order_email_sent, {
-        let emailed = emailed.clone();
+    let watcher = Follower::start(
+        consumer,
+        &order_email_sent,
         move |message, seen: &mut Seen| {
             seen.observe(message, &prefix);
-            emailed.store(seen.keys.len() as u64, Ordering::Relaxed);
-        }
-    });
+        },
+    );
     let count = || watcher.with(|seen| (seen.keys.len() as u64, seen.last));
     let producer = kafka::producer(kafka_settings, "loadgen-email-stage", DELIVERY_TIMEOUT)?;
     let price: Decimal = Decimal::from(349);
@@ -644,7 +642,12 @@ pub async fn email_stage(
         let measured = decisions(run_id.clone(), 1, emails);
         let target = warmup + emails;
         let started = Instant::now();
-        let measured_emailed = move || emailed.load(Ordering::Relaxed).saturating_sub(warmup);
+        let emailed = watcher.watch();
+        let measured_emailed = move || {
+            emailed
+                .with(|seen| seen.keys.len() as u64)
+                .saturating_sub(warmup)
+        };
         let ((failed, write_seconds), timeline) = steady::sampled(measured_emailed, async {
             let acked = AtomicU64::new(0);
             let failed = write_records(

@@ -172,7 +172,7 @@ fn is_lasting(err: &KafkaError) -> bool {
 #[derive(Debug)]
 pub struct Follower<S> {
     topic: String,
-    state: Arc<Mutex<S>>,
+    state: Watch<S>,
     stop: CancellationToken,
     thread: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -185,10 +185,10 @@ impl<S: Default + Send + 'static> Follower<S> {
         topic: &str,
         mut each: impl FnMut(&BorrowedMessage<'_>, &mut S) + Send + 'static,
     ) -> Self {
-        let state = Arc::new(Mutex::new(S::default()));
+        let state = Watch(Arc::new(Mutex::new(S::default())));
         let stop = CancellationToken::new();
         let thread = {
-            let (state, stop, topic) = (state.clone(), stop.clone(), topic.to_owned());
+            let (state, stop, topic) = (state.0.clone(), stop.clone(), topic.to_owned());
             std::thread::spawn(move || {
                 while !stop.is_cancelled() {
                     let Some(message) = consumer.poll(Duration::from_millis(20)) else {
@@ -213,7 +213,13 @@ impl<S: Default + Send + 'static> Follower<S> {
 
     /// Runs `f` on the state so far.
     pub fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
-        f(&self.state.lock().unwrap_or_else(PoisonError::into_inner))
+        self.state.with(f)
+    }
+
+    /// A handle on the state so far, for what cannot borrow the follower (a `'static`
+    /// closure, a task of its own).
+    pub fn watch(&self) -> Watch<S> {
+        self.state.clone()
     }
 
     /// Stops reading and returns the state, or the error that ended the reading.
@@ -225,8 +231,26 @@ impl<S: Default + Send + 'static> Follower<S> {
                 .map_err(|_| anyhow::anyhow!("the reader of {} panicked", self.topic))??;
         }
         Ok(std::mem::take(
-            &mut *self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut *self.state.0.lock().unwrap_or_else(PoisonError::into_inner),
         ))
+    }
+}
+
+/// A [`Follower`]'s state, looked at from elsewhere ([`Follower::watch`]); after
+/// [`Follower::finish`] it holds `S::default()`.
+#[derive(Debug)]
+pub struct Watch<S>(Arc<Mutex<S>>);
+
+impl<S> Clone for Watch<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S> Watch<S> {
+    /// Runs `f` on the state so far.
+    pub fn with<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.0.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
