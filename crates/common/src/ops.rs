@@ -3,9 +3,9 @@
 //!
 //! Every service records its metrics through the `metrics` facade into one process-wide
 //! Prometheus recorder ([`metrics_handle`]). The orders API and the dashboard serve
-//! `/metrics` beside their own routes; transactions, analytics and email, which have no HTTP
-//! API, serve [`router`] on an address of their own (`<SERVICE>_OPS_ADDR`). The README lists
-//! every metric.
+//! [`api_routes`] (these three and `/openapi.json`) beside their own routes; transactions,
+//! analytics and email, which have no HTTP API, serve [`router`] on an address of their own
+//! (`<SERVICE>_OPS_ADDR`). The README lists every metric.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
+use axum::handler::Handler;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,7 +26,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
-use utoipa::ToSchema;
+use utoipa::openapi::OpenApi as Document;
+use utoipa::{Modify, OpenApi, ToSchema};
 
 use crate::kafka::{self, FlatpackContext};
 use crate::settings::KafkaSettings;
@@ -98,8 +100,7 @@ pub async fn is_ready(ready: &Readiness) -> bool {
         .unwrap_or(false)
 }
 
-/// `GET /metrics`, for a service's own router (and its OpenAPI document: `paths(...,
-/// common::ops::metrics)`).
+/// `GET /metrics`.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -132,20 +133,70 @@ pub struct Alive {
     pub status: &'static str,
 }
 
-/// Liveness: the process serves. Every service's `/healthz` (list it in an `OpenApi`'s
-/// `paths` as `common::ops::healthz`).
+/// Liveness: the process serves. Every service's `/healthz`.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "Alive.", body = Alive)))]
 pub async fn healthz() -> axum::Json<Alive> {
     axum::Json(Alive { status: "ok" })
 }
 
-/// `/metrics`, `/healthz` and `/readyz` for a service without an HTTP API of its own.
-pub fn router(ready: Readiness) -> Router {
+/// `/metrics`, `/healthz`, and `readyz` at `/readyz`.
+fn probes<S, H, T>(readyz: H) -> Router<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(ready)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` for a service without an HTTP API of its own.
+pub fn router(ready: Readiness) -> Router {
+    probes(readyz).with_state(ready)
+}
+
+/// What an HTTP API serves beside its own routes: `/metrics`, `/healthz`, its own
+/// readiness `readyz` at `/readyz`, and its OpenAPI document `doc` at `/openapi.json`. The
+/// document lists them when its `OpenApi` derive has `paths(readyz, ...)` and
+/// `modifiers(&common::ops::ApiProbes)`.
+pub fn api_routes<S, H, T>(readyz: H, doc: Document) -> Router<S>
+where
+    H: Handler<T, S>,
+    T: 'static,
+    S: Clone + Send + Sync + 'static,
+{
+    let doc = Router::new()
+        .route("/openapi.json", get(openapi_json))
+        .with_state(Arc::new(doc));
+    probes(readyz).merge(doc)
+}
+
+/// This document: the API's OpenAPI 3.1 description.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    responses((status = 200, description = "The OpenAPI document.", body = Object))
+)]
+async fn openapi_json(State(doc): State<Arc<Document>>) -> axum::Json<Document> {
+    axum::Json(Document::clone(&doc))
+}
+
+/// The paths of [`api_routes`] but the service's own `/readyz`.
+#[derive(OpenApi)]
+#[openapi(paths(healthz, metrics, openapi_json))]
+struct ProbesDoc;
+
+/// Adds `/healthz`, `/metrics` and `/openapi.json` of [`api_routes`] to a service's
+/// OpenAPI document: `#[openapi(paths(readyz, ...), modifiers(&common::ops::ApiProbes))]`.
+#[derive(Debug)]
+pub struct ApiProbes;
+
+impl Modify for ApiProbes {
+    fn modify(&self, doc: &mut Document) {
+        doc.merge(ProbesDoc::openapi());
+    }
 }
 
 async fn readyz(State(ready): State<Readiness>) -> Response {

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router, middleware};
 use common::events::now_epoch_seconds;
+use common::ops::ApiProbes;
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -74,16 +75,8 @@ impl AppState {
         description = "A read-only view of every order's progress through the pipeline and of \
             the analytics totals, rebuilt from the four topics. E-mail addresses are masked."
     ),
-    paths(
-        orders,
-        order,
-        totals,
-        events,
-        common::ops::healthz,
-        readyz,
-        common::ops::metrics,
-        openapi_json
-    )
+    paths(orders, order, totals, events, readyz),
+    modifiers(&ApiProbes)
 )]
 pub struct ApiDoc;
 
@@ -113,10 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/orders", get(orders))
         .route("/api/orders/{id}", get(order))
         .route("/api/totals", get(totals))
-        .route("/healthz", get(common::ops::healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(common::ops::metrics))
-        .route("/openapi.json", get(openapi_json))
+        .merge(common::ops::api_routes(readyz, ApiDoc::openapi()))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such page") })
         .layer(middleware::map_response(security_headers))
         .with_state(state)
@@ -283,14 +273,4 @@ async fn readyz(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
-}
-
-/// This document: the dashboard API's OpenAPI 3.1 description.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    responses((status = 200, description = "The OpenAPI document.", body = Object))
-)]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }

@@ -8,12 +8,13 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use common::events::{
     Email, Id, Order, OrderDetails, SCHEMA_VERSION, decode_json, now_epoch_seconds,
 };
 use common::kafka;
+use common::ops::ApiProbes;
 use common::traces;
 use metrics::{counter, histogram};
 use rdkafka::producer::FutureRecord;
@@ -161,13 +162,8 @@ impl IntoResponse for ApiError {
         description = "Places furniture orders. An order is answered `200` only after the \
             message broker acknowledged it on the `order_details` topic."
     ),
-    paths(
-        post_order,
-        common::ops::healthz,
-        readyz,
-        common::ops::metrics,
-        openapi_json
-    )
+    paths(post_order, readyz),
+    modifiers(&ApiProbes)
 )]
 pub struct ApiDoc;
 
@@ -176,10 +172,7 @@ pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/order", post(post_order))
-        .route("/healthz", get(common::ops::healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(common::ops::metrics))
-        .route("/openapi.json", get(openapi_json))
+        .merge(common::ops::api_routes(readyz, ApiDoc::openapi()))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(ErrorBody::new("no such route"))) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(count_request))
@@ -385,16 +378,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
         error,
     };
     (status, Json(body)).into_response()
-}
-
-/// This document: the API's OpenAPI 3.1 description.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    responses((status = 200, description = "The OpenAPI document.", body = Object))
-)]
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
 }
 
 #[cfg(test)]
