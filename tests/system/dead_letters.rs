@@ -94,6 +94,26 @@ fn dead_letter_headers<'a>(source: &'a str, offset: &'a str) -> Vec<(&'a str, &'
     ]
 }
 
+/// Creates the test's `order_details`, its dead-letter topic and `more`; returns the names
+/// of the first two.
+async fn source_and_dlq(env: &TestEnv, more: &[String]) -> (String, String) {
+    let (source, dlq) = (env.topic(Topic::OrderDetails), env.dlq(Topic::OrderDetails));
+    let mut topics = vec![source.clone(), dlq.clone()];
+    topics.extend_from_slice(more);
+    env.create_topics(&topics).await;
+    (source, dlq)
+}
+
+/// Writes the orders `ids` (price 10) to partition 0 of `dlq` as the dead letters of
+/// `source`'s partition 0, from offset 0 on.
+async fn dead_letter_orders(env: &TestEnv, source: &str, dlq: &str, ids: &[u64]) {
+    for (offset, id) in ids.iter().enumerate() {
+        let (payload, offset) = (order(*id, 10).to_string(), offset.to_string());
+        let headers = dead_letter_headers(source, &offset);
+        produce_to(env, dlq, 0, &id.to_string(), payload.as_bytes(), &headers).await;
+    }
+}
+
 /// The order ids of `records` (decisions), sorted, one entry per record.
 fn order_ids(records: &[Record]) -> Vec<String> {
     let mut ids: Vec<String> = records
@@ -113,11 +133,8 @@ fn temp_file(env: &TestEnv, name: &str, content: &[u8]) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() {
     let env = test_env!();
-    let source = env.topic(Topic::OrderDetails);
-    let dlq = env.dlq(Topic::OrderDetails);
     let confirmed = env.topic(Topic::OrderConfirmed);
-    env.create_topics(&[source.clone(), dlq.clone(), confirmed.clone()])
-        .await;
+    let (source, dlq) = source_and_dlq(&env, std::slice::from_ref(&confirmed)).await;
     // Arrange: a poison order, dead-lettered by the transactions service; and an order that
     // is fine as it is, dead-lettered by mistake (by an older release, say).
     env.produce(&source, "501", order(501, -3).to_string().as_bytes())
@@ -309,17 +326,10 @@ async fn a_poison_order_dead_lettered_then_fixed_and_replayed_is_decided_once() 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letter_commands_refuse_bad_requests_naming_the_problem_and_write_nothing() {
     let env = test_env!();
-    let source = env.topic(Topic::OrderDetails);
-    let dlq = env.dlq(Topic::OrderDetails);
     let odd = format!("{}odd.dlq", env.prefix);
     let gone = format!("{}gone", env.prefix);
-    env.create_topics(&[source.clone(), dlq.clone(), odd.clone()])
-        .await;
-    for (offset, id) in [("0", 601), ("1", 602)] {
-        let payload = order(id, 10).to_string();
-        let headers = dead_letter_headers(&source, offset);
-        produce_to(&env, &dlq, 0, &id.to_string(), payload.as_bytes(), &headers).await;
-    }
+    let (source, dlq) = source_and_dlq(&env, std::slice::from_ref(&odd)).await;
+    dead_letter_orders(&env, &source, &dlq, &[601, 602]).await;
     produce_to(&env, &odd, 0, "9", b"{}", &[]).await;
     produce_to(&env, &odd, 0, "9", b"{}", &dead_letter_headers(&gone, "0")).await;
     let not_json = temp_file(&env, "fixed.txt", b"{\"order_id\": 601,");
@@ -327,6 +337,7 @@ async fn dead_letter_commands_refuse_bad_requests_naming_the_problem_and_write_n
     let json_file = temp_file(&env, "fixed.json", order(601, 10).to_string().as_bytes());
     let json_file = json_file.to_str().expect("UTF-8 path");
     let missing_topic = format!("{}nope.dlq", env.prefix);
+    let replay_first_with = |file| vec!["replay", &dlq, "--offset", "0:0", "--payload-file", file];
 
     let cases: Vec<(Vec<&str>, i32, String)> = vec![
         (
@@ -371,26 +382,12 @@ async fn dead_letter_commands_refuse_bad_requests_naming_the_problem_and_write_n
                 .to_string(),
         ),
         (
-            vec![
-                "replay",
-                &dlq,
-                "--offset",
-                "0:0",
-                "--payload-file",
-                not_json,
-            ],
+            replay_first_with(not_json),
             1,
             format!("error: the payload file {not_json} is not JSON"),
         ),
         (
-            vec![
-                "replay",
-                &dlq,
-                "--offset",
-                "0:0",
-                "--payload-file",
-                "/nonexistent/fixed.json",
-            ],
+            replay_first_with("/nonexistent/fixed.json"),
             1,
             "error: reading the payload file /nonexistent/fixed.json".to_string(),
         ),
@@ -436,14 +433,8 @@ async fn dead_letter_commands_refuse_bad_requests_naming_the_problem_and_write_n
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_replays_of_the_same_dead_letters_write_each_once() {
     let env = test_env!();
-    let source = env.topic(Topic::OrderDetails);
-    let dlq = env.dlq(Topic::OrderDetails);
-    env.create_topics(&[source.clone(), dlq.clone()]).await;
-    for (offset, id) in [("0", 701), ("1", 702)] {
-        let payload = order(id, 10).to_string();
-        let headers = dead_letter_headers(&source, offset);
-        produce_to(&env, &dlq, 0, &id.to_string(), payload.as_bytes(), &headers).await;
-    }
+    let (source, dlq) = source_and_dlq(&env, &[]).await;
+    dead_letter_orders(&env, &source, &dlq, &[701, 702]).await;
 
     // Act: three operators replay everything at once.
     let replay_all = ["dead-letters", "replay", dlq.as_str(), "--all"];
