@@ -713,7 +713,9 @@ class Run:
                                   lambda: http_status(f"http://127.0.0.1:{http_port}/livez") == 200), 30)
         self.mailpit_port = smtp
         self.sink_port = free_ports(1)[0]
-        user = ["-u", "nobody"] if os.geteuid() == 0 else []  # it refuses to run as root
+        # It refuses to run as root. (It changes its user itself, which clears the parent-death
+        # signal: a driver killed with SIGKILL leaves it running.)
+        user = ["-u", "nobody"] if os.geteuid() == 0 else []
         sink = Process(self, "smtp-sink", [self.sink_bin, *user, f"127.0.0.1:{self.sink_port}", "1024"])
         sink.wait_ready(f"SMTP on 127.0.0.1:{self.sink_port}", tcp_accepts(f"127.0.0.1:{self.sink_port}"), 30)
         self.fixed = {"kafka": kafka, "mailpit": mailpit, "smtp-sink": sink}
