@@ -707,7 +707,7 @@ class Run:
         log("starting Mailpit")
         smtp, http_port = free_ports(2)
         mailpit = Process(self, "mailpit", [SCRIPTS / "mailpit.sh", "run", "--data-dir", self.work / "mailpit",
-                                            "--smtp-port", smtp, "--http-port", http_port, "--", "--max", "0"])
+                                            "--smtp-port", smtp, "--http-port", http_port])
         mailpit.wait_ready(f"SMTP on 127.0.0.1:{smtp} and 200 from /livez on 127.0.0.1:{http_port}",
                            all_of(tcp_accepts(f"127.0.0.1:{smtp}"),
                                   lambda: http_status(f"http://127.0.0.1:{http_port}/livez") == 200), 30)
