@@ -4,7 +4,7 @@
 # machine-readable KEY=VALUE lines.
 #
 # One way to run a long-lived program (a broker, Mailpit, the podman API): its script runs it
-# in the foreground (`kafka.sh run`, `mailpit.sh run`, `containers.sh serve`), and whoever
+# in the foreground (`kafka.sh run`, `mailpit.sh run`, `containers.py serve`), and whoever
 # needs it owns the process: supervisord (run.sh), or a script with fp_spawn, fp_await and
 # fp_stop, or a test holding the child. Nothing keeps pid files or polls for its owner.
 

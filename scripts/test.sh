@@ -6,7 +6,7 @@
 # KAFKA_BOOTSTRAP_SERVERS names a broker; Mailpit likewise (scripts/mailpit.sh) unless
 # MAILPIT_SMTP and MAILPIT_HTTP name one. Both are stopped again on exit. Chromium, Jaeger,
 # schemathesis, the compose CLI and hadolint come from scripts/tool.sh.
-# Then the containers (scripts/containers.sh: podman serving the Docker API, local stand-in
+# Then the containers (scripts/containers.py: podman serving the Docker API, local stand-in
 # images where no registry can be reached): the system tests' testcontainers path once, and
 # the compose files run for real (tests/containers). FLATPACK_SKIP_CONTAINERS=1 leaves them
 # out (not allowed under CI=true).
@@ -116,7 +116,7 @@ fi
 
 containers_start=$SECONDS
 step "container engine: podman serving the Docker API"
-fp_spawn "$work/podman.out" "$here/containers.sh" serve --data-dir "$work/podman"
+fp_spawn "$work/podman.out" "$here/containers.py" serve --data-dir "$work/podman"
 started+=("$FP_PID")
 api_ready() { curl -fsS --max-time 2 --unix-socket "$work/podman/podman.sock" http://d/_ping >/dev/null 2>&1; }
 fp_await "$FP_PID" 120 "the Docker API on $work/podman/podman.sock" "$work/podman.out" api_ready
@@ -124,7 +124,7 @@ fp_export_lines "$(grep -E '^[A-Z_]+=' "$work/podman.out")"
 echo "Docker API: $DOCKER_HOST" >&2
 
 step "local stand-in images (built once, then cached)"
-"$here/containers.sh" images
+"$here/containers.py" images
 
 # The system tests' own way to a broker when KAFKA_BOOTSTRAP_SERVERS is not set: an
 # apache/kafka container started by testcontainers. testcontainers leaves it running when the

@@ -22,7 +22,7 @@ pub fn engine_socket() -> PathBuf {
     let path = host.strip_prefix("unix://").unwrap_or_else(|| {
         panic!(
             "the container tests need DOCKER_HOST=unix://<socket> of a Docker API \
-             (`scripts/containers.sh serve` prints it); found {host:?}"
+             (`scripts/containers.py serve` prints it); found {host:?}"
         )
     });
     PathBuf::from(path)

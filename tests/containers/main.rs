@@ -5,7 +5,7 @@
 //! Prometheus.
 //!
 //! Needs `DOCKER_HOST` naming a Docker API and the stand-in images on machines that cannot
-//! pull (`scripts/containers.sh`; `scripts/test.sh` runs this target with both). Not part
+//! pull (`scripts/containers.py`; `scripts/test.sh` runs this target with both). Not part
 //! of a plain `cargo test` (`test = false` in Cargo.toml): run it with
 //! `cargo test --test containers`. The tests publish the compose files' fixed ports, so
 //! they take turns.
