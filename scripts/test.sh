@@ -23,10 +23,10 @@ source "$here/lib.sh"
 work=$(mktemp -d "${TMPDIR:-/tmp}/flatpack-test.XXXXXX")
 # What this script started, stopped in reverse order on exit (and by the kernel when this
 # script is killed: see fp_spawn).
-started=()
+spawned=()
 cleanup() {
   local status=$? i
-  for ((i = ${#started[@]} - 1; i >= 0; i--)); do fp_stop "${started[i]}" 30; done
+  for ((i = ${#spawned[@]} - 1; i >= 0; i--)); do fp_stop "${spawned[i]}" 30; done
   if [ "$status" -ne 0 ]; then
     echo "test.sh: failed; broker, Mailpit and podman logs kept in $work" >&2
   else
@@ -82,7 +82,7 @@ if [ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
   mapfile -t ports < <(fp_free_ports 2)
   fp_spawn "$work/kafka.out" "$here/kafka.sh" run --data-dir "$work/kafka" \
     --port "${ports[0]}" --controller-port "${ports[1]}"
-  started+=("$FP_PID")
+  spawned+=("$FP_PID")
   fp_await "$FP_PID" 120 "Kafka broker on port ${ports[0]}" "$work/kafka.out" kafka_ready "${ports[0]}"
   export KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${ports[0]}"
 fi
@@ -96,7 +96,7 @@ if [ -z "${MAILPIT_SMTP:-}" ] || [ -z "${MAILPIT_HTTP:-}" ]; then
   # count the e-mails of thousands of orders.
   fp_spawn "$work/mailpit.out" "$here/mailpit.sh" run --data-dir "$work/mailpit" \
     --smtp-port "${ports[0]}" --http-port "${ports[1]}" -- --max 0
-  started+=("$FP_PID")
+  spawned+=("$FP_PID")
   fp_await "$FP_PID" 60 "Mailpit on ports ${ports[*]}" "$work/mailpit.out" mailpit_ready "${ports[@]}"
   export MAILPIT_SMTP="127.0.0.1:${ports[0]}" MAILPIT_HTTP="http://127.0.0.1:${ports[1]}"
 fi
@@ -117,7 +117,7 @@ fi
 containers_start=$SECONDS
 step "container engine: podman serving the Docker API"
 fp_spawn "$work/podman.out" "$here/containers.py" serve --data-dir "$work/podman"
-started+=("$FP_PID")
+spawned+=("$FP_PID")
 api_ready() { curl -fsS --max-time 2 --unix-socket "$work/podman/podman.sock" http://d/_ping >/dev/null 2>&1; }
 fp_await "$FP_PID" 120 "the Docker API on $work/podman/podman.sock" "$work/podman.out" api_ready
 fp_export_lines "$(grep -E '^[A-Z_]+=' "$work/podman.out")"
