@@ -758,30 +758,19 @@ class Run:
 
         # 4. flatpack
         if o.wants("flatpack-ingest"):
-            fp = Flatpack(self, "ingest", ["orders"])
-            w = self.cpu_begin(fp.procs)
-            self.loadgen("flatpack-ingest", "--url", fp.url(), "--orders", o.orders, "--concurrency",
-                         o.concurrency, "--no-follow", *sizing, env={"FLATPACK_TOPIC_PREFIX": "bench.ingest."})
-            self.cpu_end(w, "flatpack-ingest")
-            fp.stop("flatpack-ingest")
+            self.flatpack_step("flatpack-ingest", "ingest", ["orders"], lambda fp: [
+                "--url", fp.url(), "--orders", o.orders, "--concurrency", o.concurrency, "--no-follow",
+                *sizing])
         if o.wants("flatpack-pipeline"):
-            fp = Flatpack(self, "pipeline", SERVICES)
-            w = self.cpu_begin(fp.procs)
-            self.loadgen("flatpack-pipeline", "feed", "--orders", o.orders, *sizing, "--warmup-seconds",
-                         WARMUP_SECONDS, "--settle-seconds", o.settle,
-                         env={"FLATPACK_TOPIC_PREFIX": "bench.pipeline."})
-            self.cpu_end(w, "flatpack-pipeline")
-            fp.stop("flatpack-pipeline")
+            self.flatpack_step("flatpack-pipeline", "pipeline", SERVICES, lambda fp: [
+                "feed", "--orders", o.orders, *sizing, "--warmup-seconds", WARMUP_SECONDS,
+                "--settle-seconds", o.settle])
         if o.wants("flatpack-email"):
             self.with_each_smtp_server(self.flatpack_email, "flatpack-email")
         if o.wants("flatpack-max"):
-            fp = Flatpack(self, "max", SERVICES)
-            w = self.cpu_begin(fp.procs)
-            self.loadgen("flatpack-max", "--url", fp.url(), "--orders", o.orders, "--concurrency",
-                         o.concurrency, "--settle-seconds", o.settle, *sizing,
-                         env={"FLATPACK_TOPIC_PREFIX": "bench.max."})
-            self.cpu_end(w, "flatpack-max")
-            fp.stop("flatpack-max")
+            self.flatpack_step("flatpack-max", "max", SERVICES, lambda fp: [
+                "--url", fp.url(), "--orders", o.orders, "--concurrency", o.concurrency,
+                "--settle-seconds", o.settle, *sizing])
         if o.wants("flatpack-rate"):
             self.with_each_smtp_server(self.flatpack_rate, "flatpack-rate")
         if o.wants("flatpack-scale"):
@@ -836,14 +825,24 @@ class Run:
         measure(step, {})
         measure(f"{step}-mailpit", {"SMTP_PORT": self.mailpit_port})
 
+    def flatpack_step(self, step, name, services, args, env=None, alongside=None):
+        """One flatpack step: <services> started (topic prefix bench.<name>.), loadgen run with
+        <args>(the services) while their CPU is counted, then all stopped. <alongside>(the
+        services), if given, starts a process that runs beside loadgen (its CPU not counted)."""
+        env = env or {}
+        fp = Flatpack(self, name, services, env=env)
+        beside = alongside(fp) if alongside else None
+        w = self.cpu_begin(fp.procs)
+        self.loadgen(step, *args(fp), env={**env, "FLATPACK_TOPIC_PREFIX": f"bench.{name}."})
+        self.cpu_end(w, step)
+        if beside:
+            beside.stop()
+        fp.stop(step)
+
     def flatpack_email(self, step, env):
         o = self.o
-        fp = Flatpack(self, step, ["email"], env=env)
-        w = self.cpu_begin(fp.procs)
-        self.loadgen(step, "email-stage", "--emails", o.emails, *o.sizing(), "--settle-seconds", o.settle,
-                     env={**env, "FLATPACK_TOPIC_PREFIX": f"bench.{step}."})
-        self.cpu_end(w, step)
-        fp.stop(step)
+        self.flatpack_step(step, step, ["email"], lambda fp: [
+            "email-stage", "--emails", o.emails, *o.sizing(), "--settle-seconds", o.settle], env)
 
     def rate_args(self, fp):
         o = self.o
@@ -851,11 +850,7 @@ class Run:
                 o.concurrency, "--settle-seconds", o.settle]
 
     def flatpack_rate(self, step, env):
-        fp = Flatpack(self, step, SERVICES, env=env)
-        w = self.cpu_begin(fp.procs)
-        self.loadgen(step, *self.rate_args(fp), env={**env, "FLATPACK_TOPIC_PREFIX": f"bench.{step}."})
-        self.cpu_end(w, step)
-        fp.stop(step)
+        self.flatpack_step(step, step, SERVICES, self.rate_args, env)
 
     def flatpack_scale(self):
         """Two instances of each consumer-group service at the fixed rate; halfway through, one
@@ -944,17 +939,12 @@ class Run:
         else:
             env = {"FLATPACK_METRICS": "on", "OTEL_SDK_DISABLED": "false",
                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{otlp}"}
-        fp = Flatpack(self, step, SERVICES, env=env)
         scraper = None
         if variant == "on":
-            scraper = Process(self, f"{step}-scraper", [sys.executable, "-c", SCRAPER, fp.orders_addr,
-                                                        fp.dashboard_addr, *fp.ops_addrs])
-        w = self.cpu_begin(fp.procs)
-        self.loadgen(step, *self.rate_args(fp), env={**env, "FLATPACK_TOPIC_PREFIX": f"bench.{step}."})
-        self.cpu_end(w, step)
-        if scraper:
-            scraper.stop()
-        fp.stop(step)
+            def scraper(fp):
+                return Process(self, f"{step}-scraper", [sys.executable, "-c", SCRAPER, fp.orders_addr,
+                                                         fp.dashboard_addr, *fp.ops_addrs])
+        self.flatpack_step(step, step, SERVICES, self.rate_args, env, alongside=scraper)
 
     # --- 5. services, summary --------------------------------------------------------------
 
