@@ -78,6 +78,9 @@ fp_with_lock() { # <lockfile> <cmd...>
   ) 9>"$lock"
 }
 
+# The version of Go module <module> that <binary> was built from (its embedded build info).
+fp_go_version_of() { go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'; }
+
 # HTTP GET <url> answers 2xx?
 fp_http_ok() { curl -fsS -o /dev/null --max-time 2 "$1" 2>/dev/null; }
 

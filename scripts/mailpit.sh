@@ -42,10 +42,6 @@ FLATPACK_CACHE_DIR; Go's and npm's own settings apply to the build.
 EOF
 }
 
-mailpit_version_of() { # <binary>: the module version it was built from
-  go version -m "$1" 2>/dev/null | awk -v m="$MAILPIT_MODULE" '$1 == "mod" && $2 == m { print $3 }'
-}
-
 # Mailpit with its web UI, as its release is built: the module source copied to a scratch
 # dir, npm ci and npm run build for the UI (server/ui/dist, embedded by go build), then a
 # git checkout tagged with the version, so that go build records the module version.
@@ -79,7 +75,7 @@ mailpit_build_with_ui() ( # <output-binary>
 )
 
 mailpit_fetch_locked() {
-  [[ "$(mailpit_version_of "$MAILPIT_BIN")" != "$MAILPIT_VERSION" ]] || return 0
+  [[ "$(fp_go_version_of "$MAILPIT_BIN" "$MAILPIT_MODULE")" != "$MAILPIT_VERSION" ]] || return 0
   local new="$MAILPIT_BIN.new.$$" gobin
   if [[ "${MAILPIT_UI:-1}" == 0 ]] || ! mailpit_build_with_ui "$new"; then
     fp_log "building Mailpit $MAILPIT_VERSION without its web UI (go install)"
@@ -89,7 +85,7 @@ mailpit_fetch_locked() {
       fp_die "go install $MAILPIT_MODULE@$MAILPIT_VERSION failed (see above)"
     mv -f -- "$gobin/mailpit" "$new" && rm -rf -- "$gobin"
   fi
-  [[ "$(mailpit_version_of "$new")" == "$MAILPIT_VERSION" ]] || fp_die "the build is not Mailpit $MAILPIT_VERSION"
+  [[ "$(fp_go_version_of "$new" "$MAILPIT_MODULE")" == "$MAILPIT_VERSION" ]] || fp_die "the build is not Mailpit $MAILPIT_VERSION"
   mv -f -- "$new" "$MAILPIT_BIN"
   fp_log "Mailpit $MAILPIT_VERSION installed as $MAILPIT_BIN"
 }

@@ -45,9 +45,6 @@ go_build() { # <bin> <module> <version> <package> [go build flags...]
   mv -f -- "$bin.new" "$bin"
 }
 
-# The module version <bin> was built from.
-go_version_of() { go version -m "$1" 2>/dev/null | awk -v m="$2" '$1 == "mod" && $2 == m { print $3 }'; }
-
 # <package>==<version> from PyPI in the venv <venv>.
 pip_venv() { # <venv> <package> <version>
   fp_need_cmd python3
@@ -119,11 +116,11 @@ tool() { # <name>
   case "$name" in
     jaeger)
       path="$cache/bin/jaeger" want="${JAEGER_VERSION:-v1.76.0}"
-      have() { go_version_of "$path" github.com/jaegertracing/jaeger; }
+      have() { fp_go_version_of "$path" github.com/jaegertracing/jaeger; }
       install() { go_build "$path" github.com/jaegertracing/jaeger "$want" cmd/jaeger -ldflags="-s -w"; } ;;
     prometheus)
       path="$cache/bin/prometheus" want="${PROMETHEUS_VERSION:-v0.316.0}"
-      have() { go_version_of "$path" github.com/prometheus/prometheus; }
+      have() { fp_go_version_of "$path" github.com/prometheus/prometheus; }
       install() { go_build "$path" github.com/prometheus/prometheus "$want" cmd/prometheus -ldflags="-s -w"; } ;;
     docker-compose)
       path="$cache/bin/docker-compose" want="${COMPOSE_VERSION:-v5.6.0}"
