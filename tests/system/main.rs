@@ -10,6 +10,7 @@ mod analytics;
 mod compose;
 mod dashboard;
 mod dead_letters;
+mod docs;
 mod email;
 mod helpers;
 mod idempotency;
