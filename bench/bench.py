@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 NAME = "bench.sh"  # what the user typed: log lines and errors say so
+CPU_RECORDED = ROOT / "bench" / "cpu-recorded.json"  # the cpu step's figures per commit (--record)
 
 USAGE = """\
 Usage: scripts/bench.sh [options]
@@ -81,6 +83,17 @@ stores and indexes every e-mail on the same two cores, gives the e-mail steps a 
                       orders through: each service's peak RSS in both runs, and how long
                       each restarted one took to restore its state (its "state restored"
                       lines)
+     cpu              each service's CPU per order, with metrics and traces as deployed by
+                      default ("on": FLATPACK_METRICS, traces with the default sampler
+                      exported to a Jaeger, every /metrics scraped every 5 s, RUST_LOG
+                      unset) and without ("off": FLATPACK_METRICS=off,
+                      OTEL_SDK_DISABLED=true, RUST_LOG=warn): orders alone under the HTTP
+                      load (as flatpack-ingest), the five services fed (as
+                      flatpack-pipeline), and the five at --rate (as flatpack-rate), each
+                      measurement off then on in odd --cpu-rounds and on then off in even
+                      ones; beside them the seed's orders backend under gunicorn and its
+                      pipeline (as seed-ingest, seed-pipeline), and the last figures
+                      recorded in bench/cpu-recorded.json (--record adds this run's)
   5. services         each service's peak RSS (VmHWM) and time from exec to ready
 
 Every throughput step (1 to 4, but for the fixed-rate ones) is sized by a quick probe so that
@@ -110,6 +123,11 @@ Options:
   --rate-orders N        Orders of the fixed-rate steps (default: 40 s of --rate; --orders
                          with --quick)
   --telemetry-rounds N   Off/on pairs of the telemetry step (default 3)
+  --cpu-rounds N         Rounds of the cpu step, each measurement off and on (default 1;
+                         more: the median per service)
+  --record               After the cpu step, add its figures (and the commit, git rev-parse
+                         --short HEAD) to bench/cpu-recorded.json: for a commit that changed
+                         a hot path, on the full (not --quick) step
   --memory-orders N      Orders of the flatpack-memory step (default 1000000; --orders with
                          --quick)
   --settle-seconds S     How long a step waits, after its last order, for every order to
@@ -119,7 +137,7 @@ Options:
   --steps S,S,...        Run only these steps (for tuning; the table then lacks the others):
                          raw-broker, eos-copy, smtp, seed-ingest, seed-pipeline, flatpack-ingest,
                          flatpack-pipeline, flatpack-email, flatpack-max, flatpack-rate,
-                         flatpack-scale, flatpack-memory, telemetry (default: all)
+                         flatpack-scale, flatpack-memory, telemetry, cpu (default: all)
   --out DIR              Output dir (default target/bench/<UTC timestamp>)
   --no-build             Use the release binaries as they are
   -h, --help             This help
@@ -132,7 +150,7 @@ its command.
 """
 
 ALL_STEPS = ("raw-broker eos-copy smtp seed-ingest seed-pipeline flatpack-ingest flatpack-pipeline "
-             "flatpack-email flatpack-max flatpack-rate flatpack-scale flatpack-memory telemetry").split()
+             "flatpack-email flatpack-max flatpack-rate flatpack-scale flatpack-memory telemetry cpu").split()
 SERVICES = ("orders", "transactions", "analytics", "email", "dashboard")
 WARMUP_SECONDS = 120
 STOP_SECONDS = 10
@@ -168,6 +186,8 @@ class Options:
     rate: int = 1000
     rate_orders: int = 0
     telemetry_rounds: int = 3
+    cpu_rounds: int = 1
+    record: bool = False
     memory_orders: int = 0
     settle: int = 300
     gunicorn_workers: int = 0
@@ -175,6 +195,7 @@ class Options:
     out: str | None = None
     build: bool = True
     fixed_size: bool = False  # --orders given (or --quick): no probes
+    command: str = NAME  # the command line as typed, for bench/cpu-recorded.json
 
     def sizing(self):
         """loadgen's sizing options: a probe for --steady-seconds, unless --orders fixes the
@@ -197,9 +218,9 @@ def parse_args(argv):
     other as the help says: --quick sizes, --orders stops the probes."""
     given = {}
     valued = {"--orders", "--steady-seconds", "--emails", "--concurrency", "--smtp-concurrency",
-              "--rate", "--rate-orders", "--telemetry-rounds", "--memory-orders",
+              "--rate", "--rate-orders", "--telemetry-rounds", "--cpu-rounds", "--memory-orders",
               "--settle-seconds", "--gunicorn-workers", "--steps", "--out"}
-    o = Options()
+    o = Options(command=shlex.join(["scripts/bench.sh", *argv]))
     args = list(argv)
     while args:
         arg = args.pop(0)
@@ -211,6 +232,8 @@ def parse_args(argv):
             o.quick = True
         elif arg == "--no-build":
             o.build = False
+        elif arg == "--record":
+            o.record = True
         elif arg in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return None
@@ -223,6 +246,8 @@ def parse_args(argv):
             if step not in ALL_STEPS:
                 raise UsageError(f"unknown step '{step}' (see --help)")
     o.out = given.pop("--out", None)
+    if o.record and not o.wants("cpu"):
+        raise UsageError("--record records the cpu step's figures: add cpu to --steps")
     n = {k: positive(k, v) for k, v in given.items()}
 
     if o.quick:
@@ -240,6 +265,7 @@ def parse_args(argv):
     o.rate = n.get("--rate", o.rate)
     o.rate_orders = n.get("--rate-orders", o.rate * 40)
     o.telemetry_rounds = n.get("--telemetry-rounds", o.telemetry_rounds)
+    o.cpu_rounds = n.get("--cpu-rounds", o.cpu_rounds)
     o.memory_orders = n.get("--memory-orders", 1000000)
     o.settle = n.get("--settle-seconds", o.settle)
     o.gunicorn_workers = n.get("--gunicorn-workers", cores() * 2 + 1)
@@ -607,6 +633,23 @@ while True:
 """
 
 
+# The cpu step's two variants: the environment of each service (None unsets a variable), given
+# the OTLP/HTTP address of the Jaeger. "on" is the services as deployed by default: metrics,
+# traces with the default sampler exported over OTLP, the default log level. "off" has no
+# metrics, no traces and warnings only, but for the two start-up lines (at info) that
+# Flatpack waits for; they are logged once per assignment, not per order.
+CPU_TELEMETRY = {
+    "on": lambda otlp: {
+        "FLATPACK_METRICS": None, "OTEL_SDK_DISABLED": None, "RUST_LOG": None,
+        "OTEL_TRACES_SAMPLER": None, "OTEL_TRACES_SAMPLER_ARG": None,
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": None, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{otlp}"},
+    "off": lambda otlp: {
+        "FLATPACK_METRICS": "off", "OTEL_SDK_DISABLED": "true",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": None, "OTEL_EXPORTER_OTLP_ENDPOINT": None,
+        "RUST_LOG": "warn,common::kafka::client=info,common::kafka::exactly_once=info"},
+}
+
+
 class Run:
     """One benchmark run: its output dir, work dir, processes and records."""
 
@@ -674,7 +717,7 @@ class Run:
         if o.build:
             log("building the release binaries")
             run_checked("cargo", "build", "--release", "--bins", "--locked")
-        if o.wants("seed-ingest") or o.wants("seed-pipeline"):
+        if o.wants("seed-ingest") or o.wants("seed-pipeline") or o.wants("cpu"):
             venv = self.venv = self.cache / "seed-venv"
             req = ROOT / "bench" / "seed" / "requirements.txt"
             want = hashlib.sha256(req.read_bytes()).hexdigest()
@@ -691,7 +734,7 @@ class Run:
         run_checked(SCRIPTS / "kafka.sh", "fetch")
         run_checked(SCRIPTS / "mailpit.sh", "fetch")
         self.sink_bin = tool_path(SCRIPTS / "tool.sh", "smtp-sink")
-        if o.wants("telemetry"):
+        if o.wants("telemetry") or o.wants("cpu"):
             self.jaeger_bin = tool_path(SCRIPTS / "tool.sh", "jaeger")
 
     def start_servers(self):
@@ -752,19 +795,16 @@ class Run:
         run_checked(self.bin / "loadgen", "topics", "order_details", "order_confirmed", "order_email_sent",
                     "analytics_result", env=self.environ(FLATPACK_TOPIC_PREFIX=""))
         if o.wants("seed-ingest"):
-            self.seed_ingest()
+            for variant in ("flask", "gunicorn"):
+                self.seed_ingest(variant)
         if o.wants("seed-pipeline"):
             self.seed_pipeline()
 
         # 4. flatpack
         if o.wants("flatpack-ingest"):
-            self.flatpack_step("flatpack-ingest", "ingest", ["orders"], lambda fp: [
-                "--url", fp.url(), "--orders", o.orders, "--concurrency", o.concurrency, "--no-follow",
-                *sizing])
+            self.flatpack_step("flatpack-ingest", "ingest", ["orders"], self.ingest_args)
         if o.wants("flatpack-pipeline"):
-            self.flatpack_step("flatpack-pipeline", "pipeline", SERVICES, lambda fp: [
-                "feed", "--orders", o.orders, *sizing, "--warmup-seconds", WARMUP_SECONDS,
-                "--settle-seconds", o.settle])
+            self.flatpack_step("flatpack-pipeline", "pipeline", SERVICES, self.pipeline_args)
         if o.wants("flatpack-email"):
             self.with_each_smtp_server(self.flatpack_email, "flatpack-email")
         if o.wants("flatpack-max"):
@@ -779,45 +819,48 @@ class Run:
             self.flatpack_memory()
         if o.wants("telemetry"):
             self.telemetry()
+        if o.wants("cpu"):
+            self.cpu_step()
 
-    def seed_ingest(self):
-        """The seed's orders backend, as the seed runs it and under gunicorn, under the ingest
-        load."""
+    def seed_ingest(self, variant, prefix=""):
+        """The seed's orders backend under the ingest load, as the seed runs it (<variant>
+        flask: app.run) or under gunicorn: step <prefix>seed-ingest-<variant>."""
         o, seed, py = self.o, ROOT / "bench" / "seed", self.venv / "bin"
-        variants = [
-            ("flask", lambda port: ([py / "python", seed / "orders_backend.py"],
-                                    {"SEED_ORDERS_PORT": port, "PYTHONUNBUFFERED": "1"})),
-            ("gunicorn", lambda port: ([py / "gunicorn", "--chdir", seed, "-w", o.gunicorn_workers,
-                                        "-b", f"127.0.0.1:{port}", "orders_backend:app"], {})),
-        ]
-        for variant, command in variants:
-            port = free_ports(1)[0]
-            argv, env = command(port)
-            proc = Process(self, f"seed-orders-{variant}", argv, env=self.environ(env))
-            ready = proc.wait_ready(f"an HTTP answer on 127.0.0.1:{port}",
-                                    http_answers(f"http://127.0.0.1:{port}/order"), 60)
-            step = f"seed-ingest-{variant}"
-            w = self.cpu_begin({"seed-orders": proc})
-            self.loadgen(step, "--url", f"http://127.0.0.1:{port}", "--orders", o.orders, "--concurrency",
-                         o.concurrency, "--no-follow", *o.sizing())
-            self.cpu_end(w, step)
-            self.record_service(step, "seed-orders", ready, proc)
-            proc.stop()
+        port = free_ports(1)[0]
+        if variant == "flask":
+            argv = [py / "python", seed / "orders_backend.py"]
+            env = {"SEED_ORDERS_PORT": port, "PYTHONUNBUFFERED": "1"}
+        else:
+            argv = [py / "gunicorn", "--chdir", seed, "-w", o.gunicorn_workers, "-b", f"127.0.0.1:{port}",
+                    "orders_backend:app"]
+            env = {}
+        proc = Process(self, f"{prefix}seed-orders-{variant}", argv, env=self.environ(env))
+        ready = proc.wait_ready(f"an HTTP answer on 127.0.0.1:{port}",
+                                http_answers(f"http://127.0.0.1:{port}/order"), 60)
+        step = f"{prefix}seed-ingest-{variant}"
+        w = self.cpu_begin({"seed-orders": proc})
+        self.loadgen(step, "--url", f"http://127.0.0.1:{port}", "--orders", o.orders, "--concurrency",
+                     o.concurrency, "--no-follow", *o.sizing())
+        self.cpu_end(w, step)
+        self.record_service(step, "seed-orders", ready, proc)
+        proc.stop()
 
-    def seed_pipeline(self):
-        """The seed's consumers have no group and start at the end of their topics: the feed's
-        warm-up orders tell when they are reading; the orders of the ingest steps are never
+    def seed_pipeline(self, prefix=""):
+        """The seed's transactions + analytics backends fed orders: step <prefix>seed-pipeline.
+        The seed's consumers have no group and start at the end of their topics: the feed's
+        warm-up orders tell when they are reading; the orders of earlier steps are never
         seen."""
         o, seed, py = self.o, ROOT / "bench" / "seed", self.venv / "bin" / "python"
-        procs = {name: Process(self, name, [py, seed / f"{name.removeprefix('seed-')}_backend.py"],
+        procs = {name: Process(self, prefix + name, [py, seed / f"{name.removeprefix('seed-')}_backend.py"],
                                env=self.environ(PYTHONUNBUFFERED="1"))
                  for name in ("seed-transactions", "seed-analytics")}
+        step = f"{prefix}seed-pipeline"
         w = self.cpu_begin(procs)
-        self.loadgen("seed-pipeline", "feed", "--orders", o.orders, *o.sizing(), "--warmup-seconds",
+        self.loadgen(step, "feed", "--orders", o.orders, *o.sizing(), "--warmup-seconds",
                      WARMUP_SECONDS, "--settle-seconds", o.settle, env={"FLATPACK_TOPIC_PREFIX": ""})
-        self.cpu_end(w, "seed-pipeline")
+        self.cpu_end(w, step)
         for name, proc in procs.items():
-            self.record_service("seed-pipeline", name, None, proc)
+            self.record_service(step, name, None, proc)
             proc.stop()
 
     def with_each_smtp_server(self, measure, step):
@@ -843,6 +886,19 @@ class Run:
         o = self.o
         self.flatpack_step(step, step, ["email"], lambda fp: [
             "email-stage", "--emails", o.emails, *o.sizing(), "--settle-seconds", o.settle], env)
+
+    def ingest_args(self, fp):
+        """loadgen's arguments for the orders service alone under the HTTP load, POSTs only."""
+        o = self.o
+        return ["--url", fp.url(), "--orders", o.orders, "--concurrency", o.concurrency, "--no-follow",
+                *o.sizing()]
+
+    def pipeline_args(self, fp):
+        """loadgen's arguments for the orders fed straight to order_details until
+        analytics_result counts them."""
+        o = self.o
+        return ["feed", "--orders", o.orders, *o.sizing(), "--warmup-seconds", WARMUP_SECONDS,
+                "--settle-seconds", o.settle]
 
     def rate_args(self, fp):
         o = self.o
@@ -921,16 +977,31 @@ class Run:
         work (every span exported to a Jaeger, every /metrics scraped every 5 s as Prometheus
         would), in pairs whose order alternates, so that a machine getting busier or quieter
         during the run weighs on both alike."""
-        otlp, ui = free_addr(), free_addr()
-        jaeger = Process(self, "jaeger", [self.jaeger_bin, "--config", SCRIPTS / "jaeger" / "local.yaml"],
-                         env=self.environ(JAEGER_OTLP_HTTP_ADDR=otlp, JAEGER_UI_ADDR=ui,
-                                          JAEGER_QUERY_GRPC_ADDR=free_addr()))
-        jaeger.wait_ready(f"an HTTP answer from http://{ui}/api/services",
-                          http_answers(f"http://{ui}/api/services"), 60)
+        jaeger, otlp = self.start_jaeger("jaeger")
         for round_ in range(1, self.o.telemetry_rounds + 1):
             for variant in (("off", "on") if round_ % 2 else ("on", "off")):
                 self.telemetry_run(variant, round_, otlp)
         jaeger.stop()
+
+    def start_jaeger(self, name):
+        """A Jaeger (spans kept in memory) named <name>; returns it and its OTLP/HTTP address."""
+        otlp, ui = free_addr(), free_addr()
+        jaeger = Process(self, name, [self.jaeger_bin, "--config", SCRIPTS / "jaeger" / "local.yaml"],
+                         env=self.environ(JAEGER_OTLP_HTTP_ADDR=otlp, JAEGER_UI_ADDR=ui,
+                                          JAEGER_QUERY_GRPC_ADDR=free_addr()))
+        jaeger.wait_ready(f"an HTTP answer from http://{ui}/api/services",
+                          http_answers(f"http://{ui}/api/services"), 60)
+        return jaeger, otlp
+
+    def scraper(self, step):
+        """For flatpack_step's <alongside>: a Prometheus stand-in that GETs every started
+        service's /metrics every 5 s (its CPU not counted)."""
+        def start(fp):
+            exes = {name.partition("@")[0] for name in fp.procs}
+            addrs = [*([fp.orders_addr] if "orders" in exes else []),
+                     *([fp.dashboard_addr] if "dashboard" in exes else []), *fp.ops_addrs]
+            return Process(self, f"{step}-scraper", [sys.executable, "-c", SCRAPER, *addrs])
+        return start
 
     def telemetry_run(self, variant, round_, otlp):
         step = f"telemetry-{variant}-{round_}"
@@ -939,12 +1010,28 @@ class Run:
         else:
             env = {"FLATPACK_METRICS": "on", "OTEL_SDK_DISABLED": "false",
                    "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{otlp}"}
-        scraper = None
-        if variant == "on":
-            def scraper(fp):
-                return Process(self, f"{step}-scraper", [sys.executable, "-c", SCRAPER, fp.orders_addr,
-                                                         fp.dashboard_addr, *fp.ops_addrs])
+        scraper = self.scraper(step) if variant == "on" else None
         self.flatpack_step(step, step, SERVICES, self.rate_args, env, alongside=scraper)
+
+    def cpu_step(self):
+        """Each service's CPU per order with telemetry as deployed by default and without, at
+        the maximum rate and at --rate, beside the seed's (see the usage). The two variants of
+        a measurement run one right after the other, off first in odd rounds and on first in
+        even ones, so that a machine getting busier or quieter weighs on both alike. Steps
+        cpu-seed-ingest-gunicorn, cpu-seed-pipeline and cpu-<on|off>-<round>-<measurement>."""
+        self.seed_ingest("gunicorn", prefix="cpu-")
+        self.seed_pipeline(prefix="cpu-")
+        jaeger, otlp = self.start_jaeger("cpu-jaeger")
+        measurements = {"ingest": (["orders"], self.ingest_args),
+                        "pipeline": (SERVICES, self.pipeline_args),
+                        "rate": (SERVICES, self.rate_args)}
+        for round_ in range(1, self.o.cpu_rounds + 1):
+            for measurement, (services, args) in measurements.items():
+                for variant in (("off", "on") if round_ % 2 else ("on", "off")):
+                    step = f"cpu-{variant}-{round_}-{measurement}"
+                    self.flatpack_step(step, step, services, args, CPU_TELEMETRY[variant](otlp),
+                                       alongside=self.scraper(step) if variant == "on" else None)
+        jaeger.stop()
 
     # --- 5. services, summary --------------------------------------------------------------
 
@@ -952,11 +1039,7 @@ class Run:
         o = self.o
         write_json(self.out / "services.json", self.services)
         write_json(self.out / "cpu.json", self.cpu)
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                    text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+        commit = git_commit()
         u = os.uname()
         write_json(self.out / "machine.json", {
             "dir": str(self.out), "when": self.stamp, "host": f"{u.sysname} {u.release} {u.machine}",
@@ -966,6 +1049,34 @@ class Run:
             "load_average_at_end": " ".join(Path("/proc/loadavg").read_text().split()[:3])})
         run_checked(sys.executable, ROOT / "bench" / "report.py", self.out)
         log(f"results in {self.out}")
+
+    def record_cpu(self):
+        """--record: adds the cpu step's figures (summary.json's cpu_step.figures), with the
+        commit, the date and the command, to the list in bench/cpu-recorded.json."""
+        summary = json.loads((self.out / "summary.json").read_text())
+        figures = (summary.get("cpu_step") or {}).get("figures")
+        if not figures:
+            raise Failure(f"--record: the cpu step left no figures in {self.out}/summary.json")
+        try:
+            recorded = json.loads(CPU_RECORDED.read_text())
+        except FileNotFoundError:
+            recorded = []
+        commit = git_commit()
+        recorded.append({"commit": commit, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                         "command": self.o.command, "quick": self.o.quick, "rate": self.o.rate,
+                         "rounds": self.o.cpu_rounds, **figures})
+        write_json(CPU_RECORDED, recorded)
+        log(f"recorded the cpu step's figures for {commit} in {CPU_RECORDED.relative_to(ROOT)}"
+            + (" (a --quick run: not figures to commit)" if self.o.quick else ""))
+
+
+def git_commit():
+    """The checked-out commit, abbreviated (git rev-parse --short HEAD), or 'unknown'."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
 def interrupted(signum, frame):
@@ -988,6 +1099,8 @@ def main(argv):
         run.start_servers()
         run.steps()
         run.summary()
+        if o.record:
+            run.record_cpu()
         return 0
     except Failure as e:
         log(f"error: {e}")

@@ -5,8 +5,12 @@ ratios; writes it as summary.json beside them. Usage: bench/report.py <output-di
 import json
 import math
 import os
+import re
 import statistics
 import sys
+
+# The cpu step's figures per commit that changed a hot path (scripts/bench.sh --record).
+CPU_RECORDED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu-recorded.json")
 
 
 # loadgen's names for a step's rate before every report shared `seconds` and `per_second`:
@@ -79,10 +83,234 @@ def window(report):
     return f"steady {w['to_seconds'] - w['from_seconds']:.0f} s"
 
 
+def handled(out, step):
+    """What <step> handled, for CPU per unit: orders accepted or fed (warm-up and the probes
+    that sized the step included, as they ran while the CPU was measured), e-mails, messages."""
+    r = load(out, step)
+    if r is None:
+        return None
+    probed = get(r, "probe", "items") or 0
+    if "accepted" in r:
+        return r["accepted"] + probed
+    if "warmup_orders" in r:
+        return r["orders"] + r["warmup_orders"] + probed
+    if "seen" in r:
+        return r["seen"] + r.get("warmup", 0) + probed
+    if "sent" in r:
+        return r["sent"] + probed
+    if "copied" in r:
+        return r["copied"] + probed
+    return (r.get("messages") or 0) + probed
+
+
 def fmt(x, digits=0, unit=""):
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "—"
     return f"{x:,.{digits}f}{unit}"
+
+
+# The cpu step: each service's CPU per order with telemetry as deployed ("on") and without
+# ("off"), at the maximum rate and at the fixed rate. At the maximum rate a service counts
+# only in the measurement where it does per-order work: the orders API under the HTTP load
+# (ingest), the four others fed orders (pipeline); at the fixed rate all five do.
+CPU_SERVICES = ("orders", "transactions", "analytics", "transactions + analytics", "email", "dashboard")
+CPU_MAX = {"orders": "ingest"}  # the others: "pipeline"
+CPU_STEP = re.compile(r"cpu-(on|off)-([0-9]+)-(ingest|pipeline|rate)")
+TARGET_COST = 0.10
+TARGET_SEED_RATIO = 40
+W = 40  # the cpu step's label column
+
+
+def us_per_order(us, service):
+    """A service's CPU µs per order in one step's figures (a pair: the sum), or None."""
+    if us is None:
+        return None
+    if service == "transactions + analytics":
+        pair = [us.get("transactions"), us.get("analytics")]
+        return None if None in pair else sum(pair)
+    if service == "seed transactions + analytics":
+        pair = [us.get("seed-transactions"), us.get("seed-analytics")]
+        return None if None in pair else sum(pair)
+    return us.get(service)
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def problems(report):
+    """What went wrong in one loadgen report, as counts: {"errors", "lost", "duplicated",
+    "not counted"}; None for a missing report."""
+    if report is None or report.get("failed"):
+        return None
+    counts = {"errors": sum((report.get("errors") or {}).values()),
+              "lost": sum(len(s.get("lost") or []) for s in report.get("stages") or []),
+              "duplicated": sum(len(s.get("duplicated") or []) for s in report.get("stages") or [])}
+    if "count_after" in report:  # a feed: analytics must count each order once
+        counts["not counted"] = report["orders"] - (report["count_after"] - report["count_before"])
+    if get(report, "analytics", "exact") is False:
+        counts["not counted"] = (get(report, "analytics", "expected_orders_increase") or 0) - (
+            get(report, "analytics", "observed_orders_increase") or 0)
+    return counts
+
+
+def load_recorded():
+    """The list in bench/cpu-recorded.json, or None with why not."""
+    try:
+        with open(CPU_RECORDED) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return None, f"no {os.path.basename(CPU_RECORDED)}"
+    except ValueError as e:
+        return None, f"{os.path.basename(CPU_RECORDED)} is not JSON: {e}"
+    if not isinstance(recorded, list):
+        return None, f"{os.path.basename(CPU_RECORDED)} is not a list"
+    return recorded, None
+
+
+def cpu_step(out, per_unit, machine):
+    """Prints the cpu step's table; returns its figures for summary.json (and, under
+    "figures", what --record adds to bench/cpu-recorded.json), or None if it did not run."""
+    runs = {}  # (measurement, variant) -> {round: µs per order by process}
+    for step, us in per_unit.items():
+        m = CPU_STEP.fullmatch(step)
+        if m:
+            runs.setdefault((m[3], m[1]), {})[int(m[2])] = us
+    seed_ingest = per_unit.get("cpu-seed-ingest-gunicorn")
+    seed_pipeline = per_unit.get("cpu-seed-pipeline")
+    if not runs and not seed_ingest and not seed_pipeline:
+        return None
+    rounds = sorted({r for by_round in runs.values() for r in by_round})
+
+    def figure(measurement, service):
+        """on, off (medians over the rounds) and the cost: the median of the rounds' on/off - 1
+        (each round's two runs ran one right after the other)."""
+        on, off = runs.get((measurement, "on"), {}), runs.get((measurement, "off"), {})
+        costs = []
+        for r in rounds:
+            a, b = us_per_order(on.get(r), service), us_per_order(off.get(r), service)
+            if a is not None and b:
+                costs.append(a / b - 1)
+        return (median(us_per_order(us, service) for us in on.values()),
+                median(us_per_order(us, service) for us in off.values()), median(costs))
+
+    services = {}
+    for service in CPU_SERVICES:
+        max_on, max_off, max_cost = figure(CPU_MAX.get(service, "pipeline"), service)
+        rate_on, rate_off, rate_cost = figure("rate", service)
+        services[service] = {"max_on": max_on, "max_off": max_off, "max_cost": max_cost,
+                             "rate_on": rate_on, "rate_off": rate_off, "rate_cost": rate_cost}
+    seed = {"orders (gunicorn)": us_per_order(seed_ingest, "seed-orders"),
+            "transactions + analytics": us_per_order(seed_pipeline, "seed transactions + analytics")}
+    seed_ratios = {
+        "orders API": {v: ratio(seed["orders (gunicorn)"], services["orders"][f"max_{v}"])
+                       for v in ("on", "off")},
+        "transactions + analytics": {v: ratio(seed["transactions + analytics"],
+                                              services["transactions + analytics"][f"max_{v}"])
+                                     for v in ("on", "off")},
+    }
+
+    rate = fmt(machine.get("rate"))
+    pct = lambda x: "—" if x is None else f"{100 * x:+.1f} %"
+    us = lambda x: fmt(x, 1)
+    print(f"  CPU µs per order, step cpu, broker excluded ({len(rounds)} round"
+          + ("s: medians" if len(rounds) != 1 else "") + "); on = as deployed, off = no metrics, "
+          "no traces, warnings only;")
+    print(f"  max rate: orders alone under the HTTP load, the others fed; cost = on/off - 1, "
+          f"target ≤ +{100 * TARGET_COST:.0f} % per service")
+    fewest = min((handled(out, s) or 0 for s in per_unit if CPU_STEP.fullmatch(s)), default=0)
+    if fewest:
+        # /proc counts CPU time in ticks: a figure is good to one tick over what the run handled.
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        print(f"  resolution: one tick ({tick_us / 1000:.0f} ms of CPU) over {fewest:,} orders is "
+              f"{tick_us / fewest:.1f} µs per order")
+    print(f"  {'':<{W}}{'max rate':>27}{rate + '/s':>27}")
+    print(f"  {'':<{W}}" + f"{'on':>9}{'off':>9}{'cost':>9}" * 2)
+    for service, f in services.items():
+        over = any(c is not None and round(c, 4) > TARGET_COST for c in (f["max_cost"], f["rate_cost"]))
+        print(f"  {service:<{W}}{us(f['max_on']):>9}{us(f['max_off']):>9}{pct(f['max_cost']):>9}"
+              f"{us(f['rate_on']):>9}{us(f['rate_off']):>9}{pct(f['rate_cost']):>9}"
+              + ("   OVER TARGET" if over else ""))
+    for name, value in seed.items():
+        print(f"  {'seed ' + name:<{W}}{us(value):>9}")
+    for name, r in seed_ratios.items():
+        missed = r["on"] is not None and r["on"] < TARGET_SEED_RATIO
+        print(f"  {'seed/flatpack, ' + name:<{W}}{fmt(r['on'], 1):>9}{fmt(r['off'], 1):>9}"
+              f"{'':>9}{'':>27}   target ≥ {TARGET_SEED_RATIO}" + ("  MISSED" if missed else ""))
+    print()
+
+    # Latency at the fixed rate, telemetry on: what the deployed services answer with.
+    targets = (("POST", None, 20), ("POST→order_confirmed", "order_confirmed", 100),
+               ("POST→order_email_sent", "order_email_sent", 250))
+    latency = {}
+    for r in rounds:
+        report = load(out, f"cpu-on-{r}-rate")
+        if report is None:
+            continue
+        print(f"  {f'{rate}/s, on, round {r}':<{W}}{'p50':>10}{'p99':>10}   target p99")
+        for name, topic, target in targets:
+            lat = get(report, "post_latency") if topic is None else get(stage(report, topic), "latency")
+            p50, p99 = get(lat, "p50_ms"), get(lat, "p99_ms")
+            latency.setdefault(r, {})[name] = {"p50_ms": p50, "p99_ms": p99, "target_p99_ms": target}
+            verdict = "" if p99 is None else ("" if p99 <= target else "  MISSED")
+            print(f"  {'  ' + name:<{W}}{fmt(p50, 1, ' ms'):>10}{fmt(p99, 1, ' ms'):>10}   ≤ {target} ms{verdict}")
+    if latency:
+        print()
+
+    # What went through each run: nothing may be lost or duplicated.
+    steps = [s for s in ("cpu-seed-ingest-gunicorn", "cpu-seed-pipeline") if s in per_unit] + [
+        f"cpu-{v}-{r}-{m}" for r in rounds for m in ("ingest", "pipeline", "rate") for v in ("off", "on")
+        if r in runs.get((m, v), {})]
+    counts = {}
+    print(f"  {'run':<{W}}{'handled':>9}   errors, lost, duplicated, not counted")
+    for step in steps:
+        c = problems(load(out, step))
+        counts[step] = c
+        said = "missing report" if c is None else ", ".join(f"{v} {k}" for k, v in c.items())
+        bad = c is None or any(c.values())
+        print(f"  {step:<{W}}{fmt(handled(out, step)):>9}   {said}" + ("   NOT CLEAN" if bad else ""))
+    clean = all(c is not None and not any(c.values()) for c in counts.values())
+    print()
+
+    rnd = lambda x, d=2: None if x is None else round(x, d)
+    figures = {
+        "us_per_order": {s: {k: rnd(v, 4 if k.endswith("cost") else 2) for k, v in f.items()}
+                         for s, f in services.items()},
+        "seed_us_per_order": {k: rnd(v) for k, v in seed.items()},
+        "seed_over_flatpack": {k: {v: rnd(x) for v, x in r.items()} for k, r in seed_ratios.items()},
+        "clean": clean,
+    }
+    beside_recorded(figures)
+    return {"rounds": rounds, "figures": figures, "latency_on_at_rate": latency, "runs": counts}
+
+
+def beside_recorded(figures):
+    """Prints this run's figures beside the latest ones in bench/cpu-recorded.json."""
+    recorded, why = load_recorded()
+    if not recorded:
+        print(f"  CPU µs per order beside the last recorded figure: no recorded figure yet"
+              f" ({why or os.path.basename(CPU_RECORDED) + ' is empty'})")
+        print()
+        return
+    last = recorded[-1]
+    then = last.get("us_per_order") or {}
+    change = lambda now, before: ratio(now, before) - 1 if now is not None and before else None
+    pct = lambda x: "—" if x is None else f"{100 * x:+.1f} %"
+    print(f"  CPU µs per order beside the last recorded figure: {last.get('commit', '?')} of "
+          f"{last.get('date', '?')}, {last.get('command', '?')}"
+          + (" (QUICK DRY RUN)" if last.get("quick") else ""))
+    print(f"  {'':<{W}}{'on now':>9}{'recorded':>10}{'change':>10}{'off now':>11}{'recorded':>10}{'change':>10}")
+    for service, f in figures["us_per_order"].items():
+        for at, label in (("max", "max rate"), ("rate", f"{fmt(last.get('rate'))}/s")):
+            on, off = f[f"{at}_on"], f[f"{at}_off"]
+            on_then, off_then = get(then, service, f"{at}_on"), get(then, service, f"{at}_off")
+            print(f"  {service + ', ' + label:<{W}}{fmt(on, 1):>9}{fmt(on_then, 1):>10}{pct(change(on, on_then)):>10}"
+                  f"{fmt(off, 1):>11}{fmt(off_then, 1):>10}{pct(change(off, off_then)):>10}")
+    for name, value in figures["seed_us_per_order"].items():
+        before = get(last, "seed_us_per_order", name)
+        print(f"  {'seed ' + name:<{W}}{fmt(value, 1):>9}{fmt(before, 1):>10}{pct(change(value, before)):>10}")
+    print()
 
 
 def main():
@@ -269,26 +497,6 @@ def main():
                   f"   {', '.join(took) or '—'}")
         print()
 
-    # What each step handled, for CPU per unit: orders accepted or fed (warm-up and the
-    # probes that sized the step included, as they ran while the CPU was measured), e-mails,
-    # messages.
-    def handled(step):
-        r = load(out, step)
-        if r is None:
-            return None
-        probed = get(r, "probe", "items") or 0
-        if "accepted" in r:
-            return r["accepted"] + probed
-        if "warmup_orders" in r:
-            return r["orders"] + r["warmup_orders"] + probed
-        if "seen" in r:
-            return r["seen"] + r.get("warmup", 0) + probed
-        if "sent" in r:
-            return r["sent"] + probed
-        if "copied" in r:
-            return r["copied"] + probed
-        return (r.get("messages") or 0) + probed
-
     known_names = ["kafka", "mailpit", "smtp-sink", "seed-orders", "seed-transactions",
                    "seed-analytics", "orders", "transactions", "analytics", "email", "dashboard"]
     present = {n for c in cpu for n in (c.get("process_pct") or {})}
@@ -315,7 +523,7 @@ def main():
         # in the raw broker's): the figure that does not depend on how fast the machine is.
         print(f"  {'µs per order':<26}" + header + f"{'handled':>10}")
         for c in cpu:
-            n_handled = handled(c["step"])
+            n_handled = handled(out, c["step"])
             if not n_handled:
                 continue
             used = c.get("process_cpu_ms") or {}
@@ -389,6 +597,8 @@ def main():
                   f"({100 * min(costs):+.1f} % to {100 * max(costs):+.1f} %), target ≤ +10 %")
         print()
 
+    cpu_summary = cpu_step(out, per_unit, machine)
+
     summary = {
         "machine": machine,
         "rows": [dict(zip(("step", "figure", "value", "note"), r)) for r in rows],
@@ -399,6 +609,7 @@ def main():
         "services": per_service,
         "cpu": cpu,
         "telemetry": telemetry,
+        "cpu_step": cpu_summary,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
