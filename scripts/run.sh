@@ -147,8 +147,8 @@ flatpack is running; supervisord restarts whatever exits.
   Metrics      http://$ORDERS_HTTP_ADDR/metrics, http://$DASHBOARD_HTTP_ADDR/metrics,
                http://$TRANSACTIONS_OPS_ADDR/metrics, http://$ANALYTICS_OPS_ADDR/metrics,
                http://$EMAIL_OPS_ADDR/metrics   (each also /healthz, /readyz)
-  Traces       http://$JAEGER_UI_ADDR/api/traces?service=orders   (Jaeger's API; one trace per order:
-               .../api/traces/<trace id>, trace_id in the orders log, or the one of a traceparent you send)
+  Traces       http://$JAEGER_UI_ADDR/api/traces?service=orders   (Jaeger's API: 1 % of the orders,
+               and every order sent with a sampled traceparent: .../api/traces/<its trace id>)
   Mailpit UI   http://127.0.0.1:$mailpit_http_port/   (SMTP 127.0.0.1:$smtp_port)
   Kafka        $KAFKA_BOOTSTRAP_SERVERS   (broker log: $state/kafka/server.log)
   Logs         $logs/<program>.log, supervisord's own: $logs/supervisord.log

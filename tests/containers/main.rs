@@ -125,14 +125,22 @@ async fn wait_ready(client: &reqwest::Client) {
 }
 
 /// POSTs an order until it is accepted (200), retrying a 503 or a refused connection as a
-/// client should; panics on any other answer or after `limit`.
+/// client should; panics on any other answer or after `limit`. The client's side of the
+/// order is a sampled trace (`traceparent` flag `01`), so that the services, which sample
+/// only a share of the traces that start with them, trace this one whole.
 async fn post_until_accepted(client: &reqwest::Client, order: &TestOrder, limit: Duration) {
+    let traceparent = format!(
+        "00-{:032x}-{:016x}-01",
+        rand::random::<u128>() | 1,
+        rand::random::<u64>() | 1
+    );
     eventually(
         &format!("order {} to be accepted", order.id),
         limit,
         || async {
             let r = client
                 .post(format!("{ORDERS}/order"))
+                .header("traceparent", &traceparent)
                 .json(&order.body())
                 .timeout(Duration::from_secs(30))
                 .send()

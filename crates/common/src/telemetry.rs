@@ -4,14 +4,16 @@
 //! comes from `RUST_LOG` (default `info`); colours only on a terminal, so that log files (the
 //! supervisor's, the tests') read as plain text.
 //!
-//! Traces: every service makes spans for the work of each order ([`crate::traces`]) and
-//! exports them with OpenTelemetry OTLP over HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or
-//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, under the service's name unless
-//! `OTEL_SERVICE_NAME` says otherwise; the other standard `OTEL_*` variables apply
-//! (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`, ...). Without an
-//! endpoint nothing is exported, but the spans and the trace context on every Kafka record
-//! are there all the same. `OTEL_SDK_DISABLED=true` turns traces off altogether, and
-//! `FLATPACK_METRICS=off` the metrics (for measuring what they cost).
+//! Traces: every service makes spans for the work of each order of a sampled trace
+//! ([`crate::traces`]: `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`, by default 1 % of
+//! new traces and every trace a caller sampled) and exports them with OpenTelemetry OTLP over
+//! HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set,
+//! under the service's name unless `OTEL_SERVICE_NAME` says otherwise; the other standard
+//! `OTEL_*` variables apply (`OTEL_RESOURCE_ATTRIBUTES`, `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_BSP_*`, ...). Without an endpoint nothing is exported, but the spans and the trace
+//! context on every Kafka record are there all the same. `OTEL_SDK_DISABLED=true` turns
+//! traces off altogether, and `FLATPACK_METRICS=off` the metrics (for measuring what they
+//! cost).
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::Level;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -67,6 +69,7 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
         Ok("off") => false,
         Ok(other) => bail!("invalid setting FLATPACK_METRICS: expected on or off, found {other:?}"),
     };
+    let sampler = crate::traces::sampler_from_env()?;
     let traces = tracer_provider(service)?;
     // Spans at info and above, whatever RUST_LOG says: they carry the trace context on.
     // Of the log events only warnings and errors go into the spans, and no span records
@@ -74,6 +77,7 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     // spans, and what they cost is measured (scripts/bench.sh --steps telemetry).
     // None at all with OTEL_SDK_DISABLED=true (then no record carries trace context).
     let spans = (!sdk_disabled()).then(|| spans_layer(&traces, service));
+    crate::traces::set_sampler((!sdk_disabled()).then_some(sampler));
     tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(spans)
@@ -96,7 +100,6 @@ pub fn init(service: &'static str) -> anyhow::Result<Telemetry> {
     Ok(Telemetry { traces })
 }
 
-/// `OTEL_SDK_DISABLED=true`: no spans, no trace context, nothing exported.
 /// The layer that turns spans into OpenTelemetry spans: spans at INFO and above, and events
 /// at WARN and above (recorded on their span).
 ///
@@ -127,6 +130,7 @@ where
         }))
 }
 
+/// `OTEL_SDK_DISABLED=true`: no spans, no trace context, nothing exported.
 fn sdk_disabled() -> bool {
     std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
 }
@@ -148,7 +152,11 @@ fn tracer_provider(service: &'static str) -> anyhow::Result<SdkTracerProvider> {
     if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
         resource = resource.with_service_name(service);
     }
-    let builder = SdkTracerProvider::builder().with_resource(resource.build());
+    // Every span made is one the sampler of `crate::traces` chose, before making it: the
+    // SDK records them all (and does not sample again by OTEL_TRACES_SAMPLER itself).
+    let builder = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_resource(resource.build());
     if otlp_endpoint().is_none() || sdk_disabled() {
         return Ok(builder.build());
     }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,13 +15,12 @@ use common::events::{
 };
 use common::kafka;
 use common::ops::ApiProbes;
-use common::traces;
-use metrics::{counter, histogram};
+use common::traces::{self, Traced};
+use metrics::{Counter, Histogram, counter, histogram};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
-use tower_http::trace::TraceLayer;
-use tracing::{Span, error, info, warn};
+use tracing::{Instrument, debug, error, warn};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::AppState;
@@ -176,8 +175,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(ErrorBody::new("no such route"))) })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(count_request))
-        .layer(TraceLayer::new_for_http().make_span_with(traces::http_span))
+        .layer(middleware::from_fn(trace_request))
         .with_state(state)
+}
+
+/// Handles every request in its trace ([`traces::http`]: a span only when the trace is
+/// sampled), which the handler finds as an `Extension<Traced>`.
+async fn trace_request(mut request: Request, next: Next) -> Response {
+    let trace = traces::http(&request);
+    let span = trace.span().clone();
+    request.extensions_mut().insert(trace);
+    next.run(request).instrument(span).await
 }
 
 /// Counts every request by route and status (`flatpack_http_requests_total`) and times it
@@ -186,13 +194,36 @@ async fn count_request(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
-    let started = std::time::Instant::now();
+        .map_or("unmatched", |path| path.as_str())
+        .to_owned();
+    let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    histogram!("flatpack_http_request_seconds", "route" => route.clone()).record(started.elapsed());
-    counter!("flatpack_http_requests_total", "route" => route, "status" => status).increment(1);
+    let (requests, seconds) = http_metrics(&route, response.status());
+    seconds.record(started.elapsed());
+    requests.increment(1);
     response
+}
+
+/// The handles of `flatpack_http_requests_total{route, status}` and
+/// `flatpack_http_request_seconds{route}`, registered once per route and status rather than
+/// looked up by their labels on every request.
+fn http_metrics(route: &str, status: StatusCode) -> (Counter, Histogram) {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, RwLock};
+    type Handles = HashMap<(String, u16), (Counter, Histogram)>;
+    static HANDLES: LazyLock<RwLock<Handles>> = LazyLock::new(RwLock::default);
+    let key = (route.to_owned(), status.as_u16());
+    if let Some(handles) = HANDLES.read().ok().and_then(|map| map.get(&key).cloned()) {
+        return handles;
+    }
+    let handles = (
+        counter!("flatpack_http_requests_total", "route" => key.0.clone(), "status" => status.as_u16().to_string()),
+        histogram!("flatpack_http_request_seconds", "route" => key.0.clone()),
+    );
+    if let Ok(mut map) = HANDLES.write() {
+        map.insert(key, handles.clone());
+    }
+    handles
 }
 
 /// Places an order.
@@ -218,6 +249,7 @@ async fn count_request(request: Request, next: Next) -> Response {
 )]
 async fn post_order(
     State(state): State<AppState>,
+    Extension(trace): Extension<Traced>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Order>, ApiError> {
@@ -273,13 +305,13 @@ async fn post_order(
     match known {
         Known::New => {}
         Known::Same { time } => {
-            info!(order_id = %order.order_id, "the same order again; answering it as first accepted");
+            debug!(order_id = %order.order_id, "the same order again; answering it as first accepted");
             counter!("flatpack_orders_total", "outcome" => "repeated").increment(1);
             return Ok(Json(Order { time, ..order }));
         }
         Known::Different => return Err(ApiError::OrderIdUsed(order.order_id.to_string())),
     }
-    publish(&state, &order).await?;
+    publish(&state, &order, &trace).await?;
     state.accepted.written(&order);
     Ok(Json(order))
 }
@@ -302,7 +334,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 const PUBLISH_ATTEMPTS: u32 = 3;
 
 /// Writes the order and waits for the broker's acknowledgement, within the publish timeout.
-async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
+async fn publish(state: &AppState, order: &Order, trace: &Traced) -> Result<(), ApiError> {
     let key = order.order_id.to_string();
     let payload = serde_json::to_vec(order).map_err(|err| {
         warn!(order_id = %key, cause = %err, "order could not be serialised");
@@ -319,7 +351,7 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
         let record = FutureRecord::to(&state.topic)
             .key(&key)
             .payload(&payload)
-            .headers(traces::headers(&Span::current()));
+            .headers(trace.headers());
         // The producer gives up after the time left; the outer bound only guards the
         // guarantee that no request waits much longer than the publish timeout.
         let send = state.producer.send(record, Timeout::After(left));
@@ -336,8 +368,8 @@ async fn publish(state: &AppState, order: &Order) -> Result<(), ApiError> {
     };
     match acknowledged {
         Ok(Ok(delivery)) => {
-            let trace_id = traces::trace_id(&Span::current());
-            info!(order_id = %key, partition = delivery.partition, offset = delivery.offset, %trace_id, "order accepted");
+            // Per-order facts are metrics and traces; this line is for debugging.
+            debug!(order_id = %key, partition = delivery.partition, offset = delivery.offset, trace_id = %trace.trace_id(), "order accepted");
             counter!("flatpack_orders_total", "outcome" => "accepted").increment(1);
             Ok(())
         }

@@ -40,7 +40,7 @@ use rdkafka::util::Timeout;
 use serde::de::DeserializeOwned;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::dead_letter::{DeadLetter, decode_or_log};
 use super::exactly_once::Output;
@@ -48,7 +48,7 @@ use super::state::Store;
 use crate::kafka::{self, COMPLAINT_INTERVAL, FlatpackContext, Throttle, retry_until_ok};
 use crate::settings::KafkaSettings;
 use crate::topics::Topic;
-use crate::traces;
+use crate::traces::{self, Traced};
 
 /// How long shutdown may spend committing offsets and flushing the producer.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -357,14 +357,15 @@ impl<H: Handler> Work<H> {
             done: true,
         };
         let service = self.config.service;
-        let span = traces::handling_span(&message);
+        let trace = traces::handling(&message);
+        let span = trace.span().clone();
         let _in_span = span.enter();
         let input = match decode_or_log::<H::Input>(&message, service) {
             Ok(input) => input,
             Err(problem) => {
                 let work = self.clone();
                 return Box::pin(async move {
-                    let dead = DeadLetter::new(&message, &work.dlq, &problem, service);
+                    let dead = DeadLetter::new(&message, &work.dlq, &problem, service, &trace);
                     let record = || dead.future_record();
                     finished.done = deliver(&work.producer, &work.config, &work.stop, record).await;
                     if finished.done {
@@ -378,7 +379,7 @@ impl<H: Handler> Work<H> {
         let key = self.handler.key(&input);
         if let Some(handled) = handled {
             if handled.contains(&key) || keys_in_hand.contains(&key) {
-                info!(service, key = %key, "handled before; skipping");
+                debug!(service, key = %key, "handled before; skipping");
                 return Box::pin(std::future::ready(finished));
             }
             keys_in_hand.insert(key.clone());
@@ -387,7 +388,7 @@ impl<H: Handler> Work<H> {
         let work = self.clone();
         Box::pin(
             async move {
-                finished.done = work.handle_and_record(&input, &key).await;
+                finished.done = work.handle_and_record(&input, &key, &trace).await;
                 finished
             }
             .instrument(span.clone()),
@@ -395,14 +396,14 @@ impl<H: Handler> Work<H> {
     }
 
     /// Handles one input and writes its records; `false` when the loop was stopped first.
-    async fn handle_and_record(&self, input: &H::Input, key: &str) -> bool {
+    async fn handle_and_record(&self, input: &H::Input, key: &str, trace: &Traced) -> bool {
         let (producer, config, stop) = (&self.producer, &*self.config, &self.stop);
         let Some(outputs) = handle_with_retry(&*self.handler, input, key, config, stop).await
         else {
             info!(service = config.service, key = %key, "stopped before it was handled; not committed");
             return false;
         };
-        let headers = traces::headers(&Span::current());
+        let headers = trace.headers();
         for output in &outputs {
             let record = || {
                 let record = FutureRecord::to(&output.topic)

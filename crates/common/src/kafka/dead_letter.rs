@@ -5,10 +5,10 @@
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{BaseRecord, FutureRecord};
 use serde::de::DeserializeOwned;
-use tracing::{Span, warn};
+use tracing::warn;
 
 use crate::events::{DecodeError, decode_json};
-use crate::traces;
+use crate::traces::Traced;
 
 /// Header names on a dead-lettered message, saying why and where from.
 pub mod dlq_headers {
@@ -47,7 +47,15 @@ pub struct DeadLetter<'a> {
 }
 
 impl<'a> DeadLetter<'a> {
-    pub fn new(message: &'a OwnedMessage, dlq: &'a str, problem: &str, service: &str) -> Self {
+    /// `trace`: the handling of `message`, whose trace goes on with the dead letter (and
+    /// with its replay).
+    pub fn new(
+        message: &'a OwnedMessage,
+        dlq: &'a str,
+        problem: &str,
+        service: &str,
+        trace: &Traced,
+    ) -> Self {
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: dlq_headers::ERROR,
@@ -69,8 +77,7 @@ impl<'a> DeadLetter<'a> {
                 key: dlq_headers::SERVICE,
                 value: Some(service),
             });
-        // The trace goes on with the dead letter (and with its replay).
-        let headers = traces::add_headers(headers, &Span::current());
+        let headers = trace.add_headers(headers);
         Self {
             topic: dlq,
             key: message.key().and_then(|k| std::str::from_utf8(k).ok()),
@@ -109,6 +116,7 @@ pub(super) fn reject<'a>(
     dlq: &'a str,
     service: &str,
     why: &str,
+    trace: &Traced,
 ) -> DeadLetter<'a> {
     warn!(
         service,
@@ -118,7 +126,7 @@ pub(super) fn reject<'a>(
         cause = why,
         "message refused; sent to the dead-letter topic"
     );
-    DeadLetter::new(message, dlq, why, service)
+    DeadLetter::new(message, dlq, why, service, trace)
 }
 
 /// Decodes `message` into `T`; a message that does not decode is logged and returned as a
@@ -127,9 +135,10 @@ pub fn decode_or_dead_letter<'a, T: DeserializeOwned>(
     message: &'a OwnedMessage,
     dlq: &'a str,
     service: &str,
+    trace: &Traced,
 ) -> Result<T, DeadLetter<'a>> {
     decode_or_log(message, service)
-        .map_err(|problem| DeadLetter::new(message, dlq, &problem, service))
+        .map_err(|problem| DeadLetter::new(message, dlq, &problem, service, trace))
 }
 
 /// Decodes `message` into `T`; a message that does not decode is logged as on its way to the

@@ -549,17 +549,20 @@ fn process_batch<T: Transform>(
             continue;
         }
         out.clear();
-        let span = traces::handling_span(message);
-        let _handling = span.enter();
+        let trace = traces::handling(message);
+        let _handling = trace.span().enter();
         let from = Source {
             partition: message.partition(),
             key: message.key(),
             payload: message.payload().unwrap_or_default(),
         };
-        let rejected = match decode_or_dead_letter::<T::Input>(message, dlq, config.service) {
+        let rejected = match decode_or_dead_letter::<T::Input>(message, dlq, config.service, &trace)
+        {
             Ok(input) => match transform.apply(input, from, &mut out) {
                 Ok(()) => None,
-                Err(Refused::DeadLetter(why)) => Some(reject(message, dlq, config.service, &why)),
+                Err(Refused::DeadLetter(why)) => {
+                    Some(reject(message, dlq, config.service, &why, &trace))
+                }
                 Err(Refused::State(err)) => {
                     warn!(
                         service = config.service,
@@ -575,7 +578,7 @@ fn process_batch<T: Transform>(
             send(producer, dead.base_record())?;
             dead_letters += 1;
         }
-        let headers = traces::headers(&span);
+        let headers = trace.headers();
         for output in out.iter() {
             let record = BaseRecord::to(&output.topic)
                 .key(output.key.as_str())
