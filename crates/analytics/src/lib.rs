@@ -36,7 +36,7 @@ use common::{KafkaSettings, OrderDecision, Settings, Topic, kafka};
 use rdkafka::message::Message;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::totals::Totals;
 
@@ -152,7 +152,7 @@ impl Transform for Count {
         let order_id = decision.order.order_id.to_string();
         let partition = state::partition_of(&order_id, self.partitions);
         if self.counted.get(partition, &order_id)?.is_some() {
-            info!(order_id = %order_id, "counted before; skipping this decision");
+            debug!(order_id = %order_id, "counted before; skipping this decision");
             self.tally.count(
                 "flatpack_duplicate_decisions_total",
                 "status",

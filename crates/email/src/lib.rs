@@ -32,7 +32,7 @@ use lettre::Message;
 use lettre::message::{Mailbox, MultiPart};
 use metrics::counter;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use settings::{EmailSettings, SmtpTls};
 use smtp::{SendError, Smtp};
@@ -158,7 +158,7 @@ impl Handler for SendEmail {
         };
         let sent = match self.smtp.send(&message).await {
             Ok(()) => {
-                info!(order_id = %order_id, to = %to, ?kind, "e-mail sent");
+                debug!(order_id = %order_id, to = %to, ?kind, "e-mail sent");
                 counter!("flatpack_emails_total", "outcome" => "sent").increment(1);
                 ops::record_order_age("emailed", now_epoch_seconds() - decision.order.time);
                 true

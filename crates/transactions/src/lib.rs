@@ -28,7 +28,7 @@ use common::ops::{self, Tally};
 use common::settings::{SettingsError, check_range, millis};
 use common::{KafkaSettings, Settings, Topic, kafka};
 use serde::Deserialize;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use crate::decided::{Decided, Seen};
 
@@ -144,7 +144,7 @@ impl<P: PaymentCheck> Transform for Decide<P> {
     ) -> Result<(), Refused> {
         let order_id = order.order_id.to_string();
         if from.key != Some(order_id.as_bytes()) {
-            info!(order_id = %order_id, partition = from.partition, "order keyed by something else; writing it again under its order_id");
+            debug!(order_id = %order_id, partition = from.partition, "order keyed by something else; writing it again under its order_id");
             out.push(Output::new(
                 &self.source_topic,
                 order_id,
@@ -158,7 +158,7 @@ impl<P: PaymentCheck> Transform for Decide<P> {
             .check(from.partition, &order_id, &fingerprint)?
         {
             Seen::Same => {
-                info!(order_id = %order_id, "decided before; skipping this copy");
+                debug!(order_id = %order_id, "decided before; skipping this copy");
                 self.tally
                     .count("flatpack_duplicate_orders_total", "outcome", "skipped");
                 return Ok(());
