@@ -16,4 +16,10 @@ pub use events::{
     OrderDetails,
 };
 pub use settings::{KafkaSettings, Settings};
+
+/// Every flatpack program allocates through mimalloc: each order is decoded, copied into
+/// records and headers and freed again on several threads, and the system allocator's
+/// malloc and free took 15 % of a service's CPU (BENCHMARKS.md, CPU per order).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use topics::{Topic, Topics};
