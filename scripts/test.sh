@@ -53,6 +53,20 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "API docs (broken intra-doc links fail)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+step "rust-version: the workspace's is what its code and every dependency need"
+# The code uses let-chains (1.88); cargo checks dependencies' rust-version against the
+# toolchain that builds, not against ours, so this keeps ours honest.
+cargo metadata --format-version 1 --locked | python3 -c '
+import json, sys
+meta = json.load(sys.stdin)
+version = lambda v: tuple(int(x) for x in v.split("."))
+members = set(meta["workspace_members"])
+ours = {version(p["rust_version"]) for p in meta["packages"] if p["id"] in members}
+need = max((version(p["rust_version"] or "0"), p["name"]) for p in meta["packages"])
+if len(ours) != 1 or min(ours) < max(need[0], (1, 88)):
+    sys.exit(f"rust-version {sorted(ours)} is below what {need[1]} needs ({need[0]}) or let-chains (1.88)")
+'
+
 step "unused dependencies (cargo-machete per crate; workspace entries no member names)"
 machete_version=0.9.2
 machete="$(fp_cache_dir)/bin/cargo-machete"
