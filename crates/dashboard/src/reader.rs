@@ -74,9 +74,9 @@ pub fn consumer(
         common::events::now_epoch_seconds() as u64,
         topic
     ));
-    // It reads on after the end: 100 ms keeps an idle dashboard's fetches few while it
+    // It reads on after the end: 100 ms keeps its fetches few, busy or idle, while it
     // still learns quickly that it has caught up.
-    kafka::reader_to_end(settings, "dashboard", &group, Duration::from_millis(100))
+    kafka::follower(settings, "dashboard", &group, Duration::from_millis(100))
 }
 
 /// Where the reader of `topic` starts, for a view of the latest `max_orders` orders.

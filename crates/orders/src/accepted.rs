@@ -220,7 +220,8 @@ pub fn follow(
         std::process::id(),
         common::events::now_epoch_seconds() as u64
     ));
-    let consumer = kafka::reader_to_end(settings, "orders", &group, Duration::from_millis(100))?;
+    // What this instance writes it knows at once; the others' writes may come a fetch later.
+    let consumer = kafka::follower(settings, "orders", &group, Duration::from_millis(100))?;
     let from = state::checkpoints(&accepted.db).context("reading the index's checkpoints")?;
     info!(
         topic,

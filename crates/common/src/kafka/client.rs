@@ -443,6 +443,30 @@ pub fn reader_to_end(
     )
 }
 
+/// A [`reader_to_end`] that goes on following its topic where a tenth of a second of lag
+/// costs nothing (orders' index of accepted orders, the dashboard). Each fetch waits until
+/// the broker has 64 KiB for it or `fetch_wait` passed, where a plain reader's fetch returns
+/// with the first record: at 1,000 orders/s over six partitions that was a fetch, and a
+/// wake-up of the reader and of the broker, for every record or two.
+pub fn follower(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+    fetch_wait: Duration,
+) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    let fetch_wait = fetch_wait.as_millis().to_string();
+    consumer_with(
+        settings,
+        client,
+        group_id,
+        &[
+            ("enable.partition.eof", "true"),
+            ("fetch.wait.max.ms", &fetch_wait),
+            ("fetch.min.bytes", "65536"),
+        ],
+    )
+}
+
 /// [`consumer_with`] for async loops: the same configuration, read with `recv().await`.
 pub fn stream_consumer(
     settings: &KafkaSettings,

@@ -30,6 +30,6 @@ pub use admin::{
 };
 pub use client::{
     COMPLAINT_INTERVAL, FlatpackContext, Throttle, Written, acknowledged, base_config, consumer,
-    consumer_must_be_replaced, consumer_with, describe, producer, reader_to_end, stream_consumer,
-    transactional_producer,
+    consumer_must_be_replaced, consumer_with, describe, follower, producer, reader_to_end,
+    stream_consumer, transactional_producer,
 };
