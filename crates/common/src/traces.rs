@@ -33,9 +33,9 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::settings::SettingsError;
 
 /// The share of new traces sampled when `OTEL_TRACES_SAMPLER` is not set: at 1,000 orders/s,
-/// 10 whole traces a second reach the collector, enough to see every path an order takes.
-/// A sampled order's spans cost far more than its trace context alone (BENCHMARKS.md, CPU
-/// per order): at a tenth, the exactly-once services spent twice the CPU per order.
+/// 10 whole traces a second reach the collector, enough to see every path an order takes. A
+/// sampled order costs every service a span to make and export; an unsampled one only the
+/// two headers of its trace context.
 pub const DEFAULT_RATIO: f64 = 0.01;
 
 /// The sampler every trace decision in this process takes, set once by
