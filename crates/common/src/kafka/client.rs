@@ -431,16 +431,7 @@ pub fn reader_to_end(
     group_id: &str,
     fetch_wait: Duration,
 ) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
-    let fetch_wait = fetch_wait.as_millis().to_string();
-    consumer_with(
-        settings,
-        client,
-        group_id,
-        &[
-            ("enable.partition.eof", "true"),
-            ("fetch.wait.max.ms", &fetch_wait),
-        ],
-    )
+    reader(settings, client, group_id, fetch_wait, "1")
 }
 
 /// A [`reader_to_end`] that goes on following its topic where a tenth of a second of lag
@@ -454,6 +445,17 @@ pub fn follower(
     group_id: &str,
     fetch_wait: Duration,
 ) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
+    reader(settings, client, group_id, fetch_wait, "65536")
+}
+
+/// A reader to the end whose fetches wait for `min_bytes` or `fetch_wait`.
+fn reader(
+    settings: &KafkaSettings,
+    client: &'static str,
+    group_id: &str,
+    fetch_wait: Duration,
+    min_bytes: &str,
+) -> anyhow::Result<BaseConsumer<FlatpackContext>> {
     let fetch_wait = fetch_wait.as_millis().to_string();
     consumer_with(
         settings,
@@ -462,7 +464,7 @@ pub fn follower(
         &[
             ("enable.partition.eof", "true"),
             ("fetch.wait.max.ms", &fetch_wait),
-            ("fetch.min.bytes", "65536"),
+            ("fetch.min.bytes", min_bytes),
         ],
     )
 }
