@@ -162,7 +162,7 @@ fn order(env: &TestEnv, id: u64) -> Value {
     let price = format!("{}.{:02}", 1 + id % 500, id % 100);
     let mut body = order_body(id, &price);
     body["user_email"] = json!(format!("{}{id}@example.com", env.prefix));
-    if id % 7 == 0 {
+    if id.is_multiple_of(7) {
         body["order_details"]["payment_token"] = json!("tok_declined");
     }
     body

@@ -162,7 +162,7 @@ async fn posted_orders_each_get_one_email_in_the_mailbox_and_one_order_email_sen
     let transactions = spawn_transactions(&env, "a");
     let email = spawn_email(&env, mailpit.smtp_vars());
 
-    let declined = |id: u64| id % 4 == 0;
+    let declined = |id: u64| id.is_multiple_of(4);
     let bodies = (1..=ORDERS)
         .map(|id| body(&env, id, declined(id)))
         .collect();

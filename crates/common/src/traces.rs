@@ -43,7 +43,9 @@ pub const DEFAULT_RATIO: f64 = 0.01;
 /// made and no trace context written. Unset (tests, tools): every trace is sampled.
 static SAMPLER: OnceLock<Option<Sampler>> = OnceLock::new();
 
-/// Makes `sampler` this process's (see [`SAMPLER`]); a second call changes nothing.
+/// Makes `sampler` the one every trace decision in this process takes; `None` turns traces
+/// off (no span, no trace context written). Called once by [`crate::telemetry::init`]; a
+/// second call changes nothing. Never called (tests, tools): every trace is sampled.
 pub fn set_sampler(sampler: Option<Sampler>) {
     let _ = SAMPLER.set(sampler);
 }
