@@ -281,11 +281,19 @@ impl LocalRun {
     }
 
     /// Posts an order and waits until the dashboard shows it confirmed and e-mailed: every
-    /// service, the broker and Mailpit did their part.
+    /// service, the broker and Mailpit did their part. The client's side of the order is a
+    /// sampled trace (`traceparent` flag `01`), as docs/operations.md shows, so that the
+    /// services, which sample 1 % of the traces that start with them, trace it whole.
     async fn order_goes_through(&self, order_id: u64) {
+        let traceparent = format!(
+            "00-{:032x}-{:016x}-01",
+            rand::random::<u128>() | 1,
+            rand::random::<u64>() | 1
+        );
         let response = self
             .http
             .post(format!("{}/order", self.orders))
+            .header("traceparent", traceparent)
             .json(&crate::helpers::order_body(order_id, "349"))
             .send()
             .await
@@ -312,7 +320,8 @@ impl LocalRun {
     }
 
     /// Waits until the Jaeger that run.sh started (and names in what it prints) holds a
-    /// trace of an order through all four services that handle one.
+    /// trace of an order through all four services that handle one (the sampled order of
+    /// [`LocalRun::order_goes_through`]).
     async fn traces_reach_jaeger(&self) {
         assert!(
             self.output()
