@@ -19,7 +19,8 @@ pub use settings::{KafkaSettings, Settings};
 
 /// Every flatpack program allocates through mimalloc: each order is decoded, copied into
 /// records and headers and freed again on several threads, and the system allocator's
-/// malloc and free took 15 % of a service's CPU (BENCHMARKS.md, CPU per order).
+/// malloc and free were 12 % of the orders API's profile and about 20 % of transactions'
+/// (BENCHMARKS.md, CPU per order). librdkafka, being C, still allocates through libc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use topics::{Topic, Topics};

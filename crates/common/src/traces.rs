@@ -461,6 +461,15 @@ mod tests {
     }
 
     #[test]
+    fn with_traces_off_no_span_is_made_and_no_trace_context_written() {
+        with_tracer(|| {
+            let off = Traced::OFF;
+            assert!(off.span().is_none());
+            assert_eq!(off.headers().count(), 0, "no traceparent with traces off");
+        });
+    }
+
+    #[test]
     fn the_sampler_comes_from_the_opentelemetry_variables() {
         let named = |name, arg| format!("{:?}", sampler_from(name, arg).unwrap());
         assert_eq!(
